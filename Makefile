@@ -1,0 +1,40 @@
+# Every target sets up .venv first if needed. torch comes from the local CPU wheel (pip install torch==2.13.0)
+# before anything else, so pip never resolves a newer, multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: quickstart test test-all bench setup clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,hf]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Train a tokenizer and a small GPT on the built-in corpus (Python's own docs), print samples, draw loss.png.
+quickstart: $(VENV)/.installed
+	rm -rf runs/quickstart
+	$(BIN)/pocketgpt train --preset quickstart --out runs/quickstart
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/tokenizer.py
+
+clean:
+	rm -rf $(VENV) runs/quickstart .pytest_cache

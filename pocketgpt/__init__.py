@@ -1,0 +1,1 @@
+"""pocketgpt: understand, train, fine-tune and run GPT models."""

@@ -1,0 +1,187 @@
+"""Checkpoints: one folder format for training, generation, evaluation and serving.
+
+A run folder holds `LATEST` (the name of the newest complete checkpoint), `ckpt-XXXXXXX/`
+folders, `metrics.jsonl`, `config.yaml` and `loss.png`. A checkpoint folder holds:
+    model.safetensors         weights (never pickles)
+    config.json               {"format", "model": ModelConfig, "step", ...}
+    pocketgpt_tokenizer.json  the tokenizer
+    train_state.pt            optimizer, RNG states, data position (tensors/primitives only,
+                              loaded with weights_only=True)
+Writes are atomic: a checkpoint is written into a temp folder, fsynced, renamed into place, and
+only then is LATEST replaced (os.replace). A kill at any moment leaves the previous one loadable.
+What does not live here: the training loop, building optimizers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pocketgpt.config import ModelConfig, from_dict, to_dict
+from pocketgpt.errors import UserError
+from pocketgpt.model import GPT
+from pocketgpt.tokenizer import Tokenizer
+
+FORMAT = "pocketgpt-checkpoint"
+VERSION = 1
+LATEST = "LATEST"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: GPT
+    tokenizer: Tokenizer
+    meta: dict[str, Any]          # everything in config.json besides the model config (step, extra)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Tokenizer, *,
+                    step: int = 0, train_state: Optional[dict] = None, extra: Optional[dict] = None,
+                    keep_last: int = 1) -> Path:
+    """Write run_dir/name atomically, point LATEST at it, then drop older checkpoints beyond keep_last."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / name
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if model.config.tie_embeddings:
+            state.pop("lm_head.weight", None)             # one copy of the shared matrix
+        save_file(state, str(tmp / "model.safetensors"))
+        meta = {"format": FORMAT, "version": VERSION, "step": step, "model": to_dict(model.config), **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        tokenizer.save(tmp)
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(run_dir / LATEST, name + "\n")
+    old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
+    for p in old[: max(0, len(old) - (keep_last - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def resolve(path: Path | str) -> Path:
+    """A checkpoint folder from itself or from its run folder (via LATEST)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if (path / "config.json").exists():
+        return path
+    latest = path / LATEST
+    if latest.exists():
+        target = path / latest.read_text().strip()
+        if (target / "config.json").exists():
+            return target
+        raise UserError(f"{latest} points to {target.name}, which is missing or incomplete")
+    raise UserError(f"not a pocketgpt checkpoint (no config.json or {LATEST}): {path}")
+
+
+def read_meta(path: Path | str) -> dict[str, Any]:
+    ckpt = resolve(path)
+    try:
+        meta = json.loads((ckpt / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"checkpoint config is unreadable: {ckpt / 'config.json'} ({e.__class__.__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"not a pocketgpt checkpoint (format={meta.get('format')!r}): {ckpt}")
+    return meta
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild model and tokenizer from a checkpoint (or run) folder alone."""
+    ckpt = resolve(path)
+    meta = read_meta(ckpt)
+    cfg: ModelConfig = from_dict(ModelConfig, meta.pop("model"))
+    tokenizer = Tokenizer.load(ckpt)
+    if tokenizer.n_vocab > cfg.vocab_size:
+        raise UserError(f"tokenizer has {tokenizer.n_vocab} tokens but the model only {cfg.vocab_size}: "
+                        f"the checkpoint mixes two vocabularies ({ckpt})")
+    model = GPT(cfg)
+    weights = ckpt / "model.safetensors"
+    if not weights.exists():
+        raise UserError(f"checkpoint has no model.safetensors: {ckpt}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"checkpoint weights are truncated or corrupt: {weights} ({e})") from None
+    if cfg.tie_embeddings:
+        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"checkpoint weights do not match its config ({ckpt}): "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise UserError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return Checkpoint(path=ckpt, model=model, tokenizer=tokenizer, meta=meta)
+
+
+def load_train_state(path: Path | str) -> Optional[dict]:
+    f = resolve(path) / "train_state.pt"
+    if not f.exists():
+        return None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, wrong content: never executed, only refused
+        raise UserError(f"training state is unreadable: {f} ({e.__class__.__name__})") from None
+
+
+def load_tokenizer(path: Path | str) -> Tokenizer:
+    """A tokenizer from a tokenizer file/folder, a checkpoint or run folder, or a GPT-2 vocabulary folder."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"tokenizer not found: {p}")
+    if p.is_dir() and not (p / "pocketgpt_tokenizer.json").exists():
+        if (p / LATEST).exists() or (p / "config.json").exists() and (resolve(p) / "pocketgpt_tokenizer.json").exists():
+            return Tokenizer.load(resolve(p))
+        if any((p / f).exists() for f in ("encoder.json", "vocab.json")):
+            return Tokenizer.from_gpt2_files(p)
+    return Tokenizer.load(p)

@@ -1,0 +1,121 @@
+"""What each `pocketgpt` command does with its parsed flags: call one library function, format its result."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pocketgpt.cli.fields import dataclass_from
+from pocketgpt.config import CorpusConfig, SampleConfig, TokenizerConfig
+from pocketgpt.errors import UserError
+
+
+def dispatch(ns) -> int:
+    cmd = ns.command
+    return {"train": cmd_train, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare, "generate": cmd_generate,
+            "eval": cmd_eval, "plot": cmd_plot}[cmd](ns.get(cmd))
+
+
+def cmd_train(ns) -> int:
+    from pocketgpt.cli.main import train_run_from_namespace
+    from pocketgpt.train.pretrain import pretrain
+    result = pretrain(train_run_from_namespace(ns), resume=bool(ns.resume))
+    return 0
+
+
+def cmd_tokenizer(ns) -> int:
+    from pocketgpt.checkpoint import load_tokenizer
+    action = ns.action
+    sub = ns.get(action)
+    if action == "train":
+        from pocketgpt.data.corpus import iter_documents
+        from pocketgpt.tokenizer import Tokenizer
+        tcfg = dataclass_from(sub, TokenizerConfig)
+        ccfg = dataclass_from(sub, CorpusConfig)
+        docs = iter_documents(sub.data, include_source=ccfg.include_source, extensions=ccfg.extensions)
+        tok = Tokenizer.train((d.text for d in docs), vocab_size=tcfg.vocab_size, kind=tcfg.kind)
+        path = tok.save(sub.out)
+        print(f"trained {tok.kind} tokenizer with {tok.n_vocab} tokens -> {path}")
+        return 0
+    tok = load_tokenizer(sub.tokenizer)
+    if action == "encode":
+        text = sub.text if sub.text is not None else sys.stdin.read()
+        ids = tok.encode(text, allowed_special="all" if sub.allow_special else frozenset())
+        print(" ".join(map(str, ids)))
+        return 0
+    raw = sub.ids if sub.ids is not None else sys.stdin.read()
+    try:
+        ids = [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"--ids must be integers separated by spaces or commas, got {raw[:40]!r}") from None
+    bad = [i for i in ids if not 0 <= i < tok.n_vocab]
+    if bad:
+        raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{tok.n_vocab - 1})")
+    sys.stdout.write(printable(tok.decode(ids)) + "\n")
+    return 0
+
+
+def printable(text: str) -> str:
+    """Text safe to print: bytes that are not valid UTF-8 become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def cmd_prepare(ns) -> int:
+    from pocketgpt.checkpoint import load_tokenizer
+    from pocketgpt.data.prepare import prepare
+    ccfg = dataclass_from(ns, CorpusConfig)
+    prepare(ns.data, load_tokenizer(ns.tokenizer), ns.out, include_source=ccfg.include_source,
+            extensions=ccfg.extensions, val_fraction=ccfg.val_fraction)
+    return 0
+
+
+def _load(ns):
+    from pocketgpt.checkpoint import load_checkpoint
+    from pocketgpt.device import pick_device
+    device = pick_device(ns.device)
+    return load_checkpoint(ns.checkpoint, device=device), device
+
+
+def cmd_generate(ns) -> int:
+    sample = dataclass_from(ns, SampleConfig)
+    ckpt, device = _load(ns)
+    from pocketgpt.generate import crop_prompt, generate_ids
+    tok = ckpt.tokenizer
+    prompt = [tok.eot_id] + tok.encode(ns.prompt)
+    cropped, was_cropped = crop_prompt(prompt, ckpt.model.config.block_size)
+    if was_cropped:
+        warnings.warn(f"prompt has {len(prompt)} tokens, more than the context allows; "
+                      f"keeping the last {len(cropped)}")
+    ids = list(generate_ids(ckpt.model, cropped, sample, stop_ids=[tok.eot_id], device=device))
+    sys.stdout.write(printable(ns.prompt + tok.decode(ids)) + "\n")
+    return 0
+
+
+def cmd_eval(ns) -> int:
+    from pocketgpt.data.corpus import iter_documents
+    from pocketgpt.data.prepare import encode_documents
+    from pocketgpt.evaluate import evaluate_tokens
+    if ns.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {ns.batch_size}")
+    ckpt, device = _load(ns)
+    tok = ckpt.tokenizer
+    tokens = np.concatenate(list(encode_documents(iter_documents(ns.data), tok)))
+    if len(tokens) < 2:
+        raise UserError(f"{ns.data} holds too little text to evaluate")
+    r = evaluate_tokens(ckpt.model, tokens, tok.token_byte_lengths(), batch_size=ns.batch_size, device=device)
+    r = {"checkpoint": str(ckpt.path), "data": ns.data, **r}
+    if not ns.json:
+        print(f"loss {r['loss']:.4f} nats/token · perplexity {r['perplexity']:.2f} · {r['bpb']:.4f} bits/byte "
+              f"over {r['tokens']:,} tokens ({r['bytes']:,} bytes)")
+    print(json.dumps(r))
+    return 0
+
+
+def cmd_plot(ns) -> int:
+    from pocketgpt.plot import plot_run
+    print(plot_run(Path(ns.run_dir), ns.out))
+    return 0

@@ -1,0 +1,50 @@
+"""Flags from config dataclasses for commands that take a few fields rather than a whole nested config.
+
+Each field becomes `--name` (and `--name-with-dashes` when asked) with its type, default and the one-line
+doc written under it in pocketgpt.config, so help text is never written twice.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import typing
+from typing import Optional
+
+from jsonargparse import ArgumentParser
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of a dataclass, keyed by field name."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def add_dataclass_flags(parser: ArgumentParser, cls: type, *, skip: set[str] = frozenset(), dashes: bool = False,
+                        prefix: str = "") -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        names = [f"--{prefix}{f.name}"]
+        if dashes and "_" in f.name:
+            names.insert(0, f"--{prefix}{f.name.replace('_', '-')}")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument(*names, dest=f"{prefix}{f.name}", type=hints[f.name], default=default,
+                            help=docs.get(f.name, ""))
+
+
+def dataclass_from(ns, cls: type, prefix: str = ""):
+    """Build `cls` from the flags add_dataclass_flags added (checks in __post_init__ run here)."""
+    return cls(**{f.name: getattr(ns, f"{prefix}{f.name}") for f in dataclasses.fields(cls)
+                  if hasattr(ns, f"{prefix}{f.name}")})

@@ -1,0 +1,170 @@
+"""`pocketgpt <command>`: parse, call one library function, format. No math lives here.
+
+Config flows as defaults < --preset < --config FILE.yaml < dotted flags (--model.n_layer 6); the parser is
+built from the dataclasses in pocketgpt.config (jsonargparse), so unknown keys and wrong types are errors
+naming the key. Bad input prints one line `pocketgpt: error: ...` and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Optional
+
+import jsonargparse
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from pocketgpt.cli.fields import add_dataclass_flags
+from pocketgpt.config import (CorpusConfig, SampleConfig, TokenizerConfig, TrainRun, from_dict,
+                              get_preset, preset_names)
+from pocketgpt.errors import UserError
+
+jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+DESCRIPTION = "pocketgpt: train, fine-tune and run GPT models on a laptop CPU or a GPU."
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _scan(argv: list[str], flag: str) -> Optional[str]:
+    """The value of `flag` in argv (either `--flag V` or `--flag=V`), read before the full parse."""
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def train_parser(argv: list[str]) -> ArgumentParser:
+    p = ArgumentParser(prog="pocketgpt train", exit_on_error=False,
+                       description="Pre-train a GPT on raw text (the built-in corpus when --data is omitted).")
+    p.add_argument("--preset", type=Optional[str], default=None,
+                   help=f"start from a named preset: {', '.join(preset_names())} (then --config, then flags)")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_class_arguments(TrainRun, None)
+    base: dict = {}
+    preset = _scan(argv, "--preset")
+    if preset:
+        base.update(_flatten(get_preset(preset)))
+    out = _scan(argv, "--out")
+    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.yaml")):
+        import yaml
+        with open(os.path.join(out, "config.yaml")) as f:
+            saved = _flatten(yaml.safe_load(f) or {})
+        saved.pop("model.vocab_size", None)             # set from the tokenizer
+        base.update(saved)
+    if base:
+        p.set_defaults({k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+    return p
+
+
+def build_parser(argv: list[str]) -> ArgumentParser:
+    root = ArgumentParser(prog="pocketgpt", description=DESCRIPTION, exit_on_error=False)
+    sub = root.add_subcommands(dest="command", required=True)
+
+    sub.add_subcommand("train", train_parser(argv[1:] if argv and argv[0] == "train" else []),
+                       help="pre-train a GPT on raw text")
+
+    tok = ArgumentParser(exit_on_error=False, description="Train, or use, a tokenizer.")
+    sub.add_subcommand("tokenizer", tok, help="train a tokenizer, encode or decode text")
+    tsub = tok.add_subcommands(dest="action", required=True)
+    tt = ArgumentParser(exit_on_error=False, description="Train a tokenizer on a corpus and save it.")
+    tt.add_argument("--data", type=Optional[str], default=None, help="corpus (file, folder, glob, .jsonl); default: built-in")
+    tt.add_argument("--out", type=str, required=True, help="folder to write pocketgpt_tokenizer.json into")
+    add_dataclass_flags(tt, TokenizerConfig, skip={"path"})
+    add_dataclass_flags(tt, CorpusConfig, skip={"val_fraction"})
+    tsub.add_subcommand("train", tt, help="train a byte-level BPE or character tokenizer")
+    te = ArgumentParser(exit_on_error=False, description="Print the token ids of a text.")
+    te.add_argument("tokenizer", help="tokenizer folder/file, checkpoint, or GPT-2 vocabulary folder")
+    te.add_argument("--text", type=Optional[str], default=None, help="text to encode (default: standard input)")
+    te.add_argument("--allow-special", action="store_true", help="turn special-token strings into special tokens")
+    tsub.add_subcommand("encode", te, help="text -> token ids")
+    td = ArgumentParser(exit_on_error=False, description="Print the text of token ids.")
+    td.add_argument("tokenizer", help="tokenizer folder/file, checkpoint, or GPT-2 vocabulary folder")
+    td.add_argument("--ids", type=Optional[str], default=None, help="ids separated by spaces or commas (default: stdin)")
+    tsub.add_subcommand("decode", td, help="token ids -> text")
+
+    pr = ArgumentParser(exit_on_error=False, description="Tokenize a corpus into memory-mapped shards + meta.json.")
+    pr.add_argument("--data", type=Optional[str], default=None, help="corpus (file, folder, glob, .jsonl); default: built-in")
+    pr.add_argument("--tokenizer", type=str, required=True, help="tokenizer folder/file or checkpoint")
+    pr.add_argument("--out", type=str, required=True, help="cache folder; the shards go in OUT/data-<hash>/")
+    add_dataclass_flags(pr, CorpusConfig)
+    sub.add_subcommand("prepare", pr, help="tokenize a corpus into token shards (cached)")
+
+    ge = ArgumentParser(exit_on_error=False, description="Continue a prompt with a trained model.")
+    ge.add_argument("checkpoint", help="checkpoint or run folder")
+    ge.add_argument("--prompt", type=str, default="", help="text to continue (default: start from <|endoftext|>)")
+    add_dataclass_flags(ge, SampleConfig, dashes=True)
+    ge.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    sub.add_subcommand("generate", ge, help="generate text from a checkpoint")
+
+    ev = ArgumentParser(exit_on_error=False, description="Loss, perplexity and bits per byte of a checkpoint on a text.")
+    ev.add_argument("checkpoint", help="checkpoint or run folder")
+    ev.add_argument("--data", type=str, required=True, help="text to evaluate on (file, folder, glob, .jsonl)")
+    ev.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16, help="windows per forward")
+    ev.add_argument("--json", action="store_true", help="print only the JSON line")
+    ev.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    sub.add_subcommand("eval", ev, help="evaluate a checkpoint on held-out text")
+
+    pl = ArgumentParser(exit_on_error=False, description="Draw loss.png from a run's metrics.jsonl.")
+    pl.add_argument("run_dir", help="training run folder")
+    pl.add_argument("--out", type=Optional[str], default=None, help="output PNG (default: RUN_DIR/loss.png)")
+    sub.add_subcommand("plot", pl, help="plot a run's loss curve")
+    return root
+
+
+def _one_line(msg: str) -> str:
+    lines = [ln.strip() for ln in str(msg).strip().splitlines() if ln.strip()]
+    return " ".join(lines[:3]) if lines else "invalid arguments"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
+    try:
+        parser = build_parser(argv)
+        if not argv:
+            parser.print_help()
+            return 2
+        ns = parser.parse_args(argv)
+    except jsonargparse.ArgumentError as e:
+        print(f"pocketgpt: error: {_one_line(str(e))} (see --help)", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"pocketgpt: error: {e}", file=sys.stderr)
+        return 2
+    from pocketgpt.cli import commands
+    try:
+        return commands.dispatch(ns) or 0
+    except UserError as e:
+        print(f"pocketgpt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def train_run_from_namespace(ns) -> TrainRun:
+    d = ns.as_dict()
+    for k in ("preset", "config", "resume", "command", "__path__"):
+        d.pop(k, None)
+    d.get("corpus", {}).pop("__path__", None)
+    return from_dict(TrainRun, {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v)
+                                for k, v in d.items()})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""All configuration: one typed dataclass per concern, and the named presets.
+
+These dataclasses are the single schema for Python, YAML (`--config FILE`) and dotted CLI
+flags (`--model.n_layer 6`): the CLI builds its parser from them, so every default lives
+here, once, with a one-line doc under the field that `--help` shows. Derived values and
+checks live in `__post_init__` and name the bad value.
+
+What does not live here: parsing argv (cli/), reading files (checkpoint.py, data/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from pocketgpt.errors import UserError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UserError(msg)
+
+
+@dataclass
+class ModelConfig:
+    """The shape of the network. Names follow GPT-2 so checkpoints map onto Hugging Face."""
+
+    n_layer: int = 4
+    """number of transformer blocks stacked on top of each other"""
+    n_head: int = 4
+    """attention heads per block; n_embd must divide evenly by it"""
+    n_embd: int = 128
+    """width of the residual stream (embedding size)"""
+    block_size: int = 128
+    """context length: the most tokens the model attends over"""
+    vocab_size: int = 4096
+    """rows in the token embedding; set from the tokenizer when training"""
+    dropout: float = 0.0
+    """0 for pre-training; 0.1 or more for small fine-tuning sets"""
+    bias: bool = True
+    """biases in Linear layers and LayerNorms (GPT-2: True)"""
+    pos_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"
+    """positional encoding: learned table (GPT-2), fixed sinusoids (the articles' formula) or rotary (RoPE)"""
+    activation: Literal["gelu", "gelu_tanh", "relu", "relu2"] = "gelu"
+    """MLP nonlinearity: exact erf GELU, GPT-2's tanh approximation, ReLU, or squared ReLU"""
+    tie_embeddings: bool = True
+    """share the output head's weights with the token embedding (GPT-2: True)"""
+    n_inner: Optional[int] = None
+    """MLP hidden width; None means 4 * n_embd"""
+    rope_base: float = 10000.0
+    """RoPE frequency base (only with pos_encoding=rope)"""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon (GPT-2: 1e-5)"""
+    init_std: float = 0.02
+    """standard deviation of the normal weight initialisation (GPT-2: 0.02)"""
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
+        _check(self.n_embd % self.n_head == 0,
+               f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.pos_encoding in ("rope", "sinusoidal"):
+            dim = self.head_dim if self.pos_encoding == "rope" else self.n_embd
+            _check(dim % 2 == 0, f"pos_encoding={self.pos_encoding} needs an even dimension, got {dim}")
+        _check(self.n_inner is None or self.n_inner > 0, f"model.n_inner must be positive, got {self.n_inner}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes token ids."""
+
+    kind: Literal["bpe", "char"] = "bpe"
+    """byte-level BPE trained on the corpus, or one id per character (as nanoGPT's Shakespeare example)"""
+    vocab_size: int = 4096
+    """BPE vocabulary size, counting the 256 byte tokens and the special tokens"""
+    path: Optional[str] = None
+    """use an existing tokenizer instead of training one: a pocketgpt tokenizer file/folder, or GPT-2 vocabulary files"""
+
+
+@dataclass
+class CorpusConfig:
+    """Which text to read and how to split it."""
+
+    include_source: bool = False
+    """with the built-in corpus: add the standard library's source code to its docstrings"""
+    extensions: tuple[str, ...] = (".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tsv", ".html", ".tex")
+    """file extensions read when --data is a folder"""
+    val_fraction: float = 0.05
+    """share of the corpus held out for validation (whole documents where there are many)"""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_fraction <= 0.5, f"corpus.val_fraction must be in (0, 0.5], got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. Pre-training and fine-tuning both use it."""
+
+    max_steps: int = 2000
+    """optimizer steps to run"""
+    batch_size: int = 16
+    """sequences per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches accumulated per optimizer step (tokens/step = batch_size * grad_accum * block_size)"""
+    lr: float = 1e-3
+    """peak learning rate"""
+    min_lr_ratio: float = 0.1
+    """final learning rate as a fraction of lr, reached at max_steps"""
+    warmup_steps: int = 100
+    """linear warmup steps from 0 to lr"""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """decay after warmup"""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices only (not biases, norms or embeddings)"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.95
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """clip the gradient's global norm to this; 0 turns clipping off"""
+    eval_every: int = 250
+    """run validation every this many steps (and at the end); 0 only at the end"""
+    eval_tokens: int = 65536
+    """validation tokens used during training; 0 uses the whole split"""
+    save_every: int = 500
+    """write a checkpoint every this many steps (and at the end)"""
+    log_every: int = 10
+    """append to metrics.jsonl every this many steps"""
+    seed: int = 1337
+    """seeds weights, data order and dropout; the same seed gives the same run"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """compute precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 units, float32 elsewhere"""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """where to train; auto picks cuda, then mps, then cpu"""
+    compile: bool = False
+    """torch.compile the model (pays off on GPU; on CPU the compile time often outweighs the gain)"""
+    threads: int = 0
+    """CPU threads for PyTorch; 0 = one per physical core"""
+    samples: int = 2
+    """samples printed at the end of training"""
+    sample_tokens: int = 120
+    """length of each printed sample, in tokens"""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"train.{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "eval_every", "eval_tokens", "save_every", "log_every", "threads", "samples",
+                     "sample_tokens"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 0, f"train.{name} must be a non-negative integer, got {v!r}")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be positive, got {self.lr}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class SampleConfig:
+    """How tokens are picked at generation time."""
+
+    max_new_tokens: int = 200
+    """tokens to generate at most"""
+    temperature: float = 0.8
+    """0 picks the most likely token (greedy); higher is more random"""
+    top_k: int = 0
+    """keep only the k most likely tokens; 0 keeps all"""
+    top_p: float = 1.0
+    """keep the smallest set of tokens whose probability reaches p (nucleus sampling); 1 keeps all"""
+    seed: Optional[int] = None
+    """seed for sampling; the same seed repeats the same text"""
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        _check(isinstance(t, (int, float)) and not math.isnan(t) and t >= 0,
+               f"temperature must be a number >= 0, got {t}")
+        _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _check(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+
+
+@dataclass
+class TrainRun:
+    """Everything `pocketgpt train` needs; written next to its outputs as config.yaml."""
+
+    data: Optional[str] = None
+    """training text: a file, folder, glob or .jsonl (field "text"); omit for the built-in corpus (Python's own docs)"""
+    out: str = "runs/default"
+    """run folder: checkpoints, metrics.jsonl, config.yaml, loss.png"""
+    cache_dir: Optional[str] = None
+    """where prepared tokenizers and token shards are cached; default: <out>/../.cache"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """the network"""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """the tokenizer"""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """corpus reading and splitting"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """the optimisation loop"""
+
+
+# --- presets: overrides on top of the defaults, applied before --config and flags ---------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~0.5M parameters: tests and smoke runs in seconds
+    "tiny": {
+        "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 128},
+        "tokenizer": {"vocab_size": 1024},
+        "train": {"max_steps": 200, "batch_size": 8, "warmup_steps": 20, "eval_every": 100, "save_every": 100},
+    },
+    # what `make quickstart` trains: a few minutes on 2 CPU cores
+    "quickstart": {
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
+        "tokenizer": {"vocab_size": 4096},
+        "train": {"max_steps": 600, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "eval_every": 200,
+                  "save_every": 200, "eval_tokens": 32768},
+    },
+    # a stronger small model for a CPU (tens of minutes)
+    "cpu-small": {
+        "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
+        "tokenizer": {"vocab_size": 8192},
+        "train": {"max_steps": 3000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 200},
+    },
+    # GPT-2 small (124M), identical to Hugging Face's `gpt2`
+    "gpt2": {
+        "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50257,
+                  "activation": "gelu_tanh", "pos_encoding": "learned", "bias": True, "tie_embeddings": True},
+        "tokenizer": {"vocab_size": 50257},
+        "train": {"lr": 6e-4, "batch_size": 8, "grad_accum": 8, "warmup_steps": 700, "max_steps": 600000},
+    },
+    "gpt2-medium": {
+        "model": {"n_layer": 24, "n_head": 16, "n_embd": 1024, "block_size": 1024, "vocab_size": 50257,
+                  "activation": "gelu_tanh"},
+        "tokenizer": {"vocab_size": 50257},
+        "train": {"lr": 3e-4},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return PRESETS[name]
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """ModelConfig of a named preset, e.g. `model_preset("gpt2")`."""
+    return ModelConfig(**{**get_preset(name).get("model", {}), **overrides})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass (possibly nested) as plain JSON/YAML-safe data."""
+    d = dataclasses.asdict(cfg)
+    return _plain(d)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build a (nested) config dataclass from plain data; unknown keys are an error naming the key."""
+    if not isinstance(d, dict):
+        raise UserError(f"expected a mapping for {cls.__name__}, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise UserError(f"unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        sub = _dataclass_type(fields[name].type)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list) and name == "extensions":
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_CONFIG_CLASSES = {c.__name__: c for c in (ModelConfig, TokenizerConfig, CorpusConfig, TrainConfig, SampleConfig)}
+
+
+def _dataclass_type(annotation: Any) -> Optional[type]:
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    return _CONFIG_CLASSES.get(name)

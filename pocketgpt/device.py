@@ -1,0 +1,91 @@
+"""The one place that decides device, precision and CPU threads; training and generation ask it.
+
+Rules: bf16 only where the hardware does it natively (CUDA with bf16 support; CPUs with AMX or
+AVX512-BF16). On other CPUs bf16 matmuls fall back to a reference kernel that is many times
+slower than float32, so `auto` keeps float32 there. The user can always override.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+from typing import Iterator
+
+import torch
+
+from pocketgpt.errors import UserError
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """CPU model name, thread count and whether bf16 matrix units are native."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if flags and model != "unknown":
+                    break
+    except OSError:
+        pass
+    units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    mkldnn_ok = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return {"model": model, "cpus": os.cpu_count(), "bf16_units": units, "native_bf16": bool(units) and mkldnn_ok,
+            "avx512": "avx512f" in flags, "avx2": "avx2" in flags}
+
+
+def describe_cpu() -> str:
+    info = cpu_info()
+    bf16 = "+".join(info["bf16_units"]) if info["native_bf16"] else "no native bf16"
+    return f"{info['model']} ({info['cpus']} CPUs, {bf16})"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA GPU is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' requested but MPS is not available")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_info()["native_bf16"]
+    return False
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Compute precision: 'auto' -> bf16 where native, else float32."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """bf16 autocast for matmuls when dtype is bf16; a no-op for float32."""
+    if dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def set_threads(n: int = 0) -> int:
+    """Set PyTorch's intra-op threads; 0 = one per available core (PyTorch's own choice). Returns the count."""
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

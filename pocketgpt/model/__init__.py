@@ -1,0 +1,7 @@
+"""The network: GPT and its parts. Imports only torch and pocketgpt.config."""
+
+from pocketgpt.model.gpt import GPT, Block, CausalSelfAttention, MLP
+from pocketgpt.model.kv_cache import KVCache
+from pocketgpt.model.positional import POSITIONAL
+
+__all__ = ["GPT", "Block", "CausalSelfAttention", "MLP", "KVCache", "POSITIONAL"]

@@ -1,0 +1,188 @@
+"""The GPT model: a decoder-only transformer, read top to bottom as the articles' seven steps.
+
+    1) token ids -> token embeddings                    wte
+    2) + position information                           wpe (learned | sinusoidal | rope)
+    3) causal multi-head self-attention                 softmax(Q K^T / sqrt(d_k)) V, future masked
+    4) position-wise MLP                                Linear -> GELU/ReLU -> Linear
+    5) residual connections and layer norms             x + f(LN(x)), pre-norm as in GPT-2
+    6) N such blocks stacked                            h[0..n_layer-1]
+    7) final norm, linear head, softmax over vocabulary ln_f, lm_head (softmax lives in the loss / sampler)
+
+A note for learners: GPT is not an RNN and does not use Word2Vec. Its embeddings are an ordinary
+trained table (step 1), it reads the whole context in parallel, and its only "decoder" is a stack of
+blocks whose attention is masked so token t sees tokens <= t. There is no encoder and no
+cross-attention, which is why `nn.Transformer` (encoder-decoder) is the wrong building block.
+
+This file is a pure nn.Module: no file I/O, optimizer, sampling or argv. Module names follow GPT-2
+(wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head) so weight
+interop is a short rename table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pocketgpt.config import ModelConfig
+from pocketgpt.model.kv_cache import KVCache
+from pocketgpt.model.positional import POSITIONAL, apply_rotary
+
+
+class ReLU2(nn.Module):
+    """Squared ReLU (So et al. 2021, "Primer")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
+    "gelu": nn.GELU,                                      # 0.5 x (1 + erf(x / sqrt 2)): the exact GELU
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),     # GPT-2's approximation ("gelu_new" in HF)
+    "relu": nn.ReLU,
+    "relu2": ReLU2,
+}
+
+
+class CausalSelfAttention(nn.Module):
+    """Step 3: every token asks (q) every earlier token (k) how relevant it is, and mixes their values (v)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.n_head, self.head_dim, self.layer_idx = cfg.n_head, cfg.head_dim, layer_idx
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v projections in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)      # mixes the heads back together
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, rot: Optional[tuple[torch.Tensor, torch.Tensor]],
+                kv_cache: Optional[KVCache]) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)                                 # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
+        q, k = apply_rotary(q, rot), apply_rotary(k, rot)                       # RoPE only; identity otherwise
+
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)                        # (B, nh, past+T, hs)
+        # softmax(Q K^T / sqrt(d_k)) V with the future masked out. Without a cache, or on the first
+        # chunk, the mask is the plain lower triangle; a chunk after cached tokens sees all of them.
+        dropout = self.attn_dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)   # one new token sees everything
+        else:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past+T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                       # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Step 4: the same two-layer network applied to every position on its own."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """Step 5: pre-norm residual block, x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rot, kv_cache: Optional[KVCache]) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rot, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),                     # 1) token embedding table
+            wpe=POSITIONAL[cfg.pos_encoding](cfg),                           # 2) positional encoding
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),      # 6) N blocks
+            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)      # 7) scores over the vocabulary
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight                # same matrix reads and writes tokens
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():                               # GPT-2: scale residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def hidden(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None,
+               pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Steps 1-6 and the final norm: token ids (B, T) -> hidden states (B, T, C)."""
+        B, T = idx.shape
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context length {self.config.block_size}")
+        if pos is None:
+            pos = torch.arange(past, past + T, device=idx.device)            # (T,)
+        wpe = self.transformer.wpe
+        x = wpe.add_to_input(self.transformer.wte(idx), pos)                 # (B, T, C)
+        x = self.transformer.drop(x)
+        rot = wpe.rotation(pos)                                               # (cos, sin) for RoPE, else None
+        for block in self.transformer.h:
+            x = block(x, rot, kv_cache)                                       # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.transformer.ln_f(x)                                       # (B, T, C)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """idx (B, T) -> logits (B, T, vocab), and the mean next-token cross-entropy if targets are given.
+
+        Targets equal to -1 are ignored (padding, or prompt tokens when fine-tuning on answers only).
+        """
+        logits = self.lm_head(self.hidden(idx, kv_cache))                      # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if isinstance(self.transformer.wpe, nn.Embedding):
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N plus attention's 12 L T d (PaLM appendix B)."""
+        cfg, T = self.config, seq_len or self.config.block_size
+        n = self.num_params(non_embedding=True) + self.lm_head.weight.numel()  # lookups are free; the head is a matmul
+        return 6 * n + 12 * cfg.n_layer * T * cfg.n_embd

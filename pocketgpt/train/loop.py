@@ -1,0 +1,192 @@
+"""ONE training loop for pre-training and fine-tuning.
+
+The loop knows a model whose forward(x, y) returns (logits, loss), a `batches.get(step, micro)` source,
+an `evaluate()` callback and a run folder. Pre-training and fine-tuning differ only in those (the data
+iterator and the loss mask), never in a copied loop. It does: warmup + decay schedule, gradient
+accumulation, bf16 autocast where native, clipping, periodic evaluation, atomic checkpoints with the
+full training state (optimizer, every RNG, step), exact resume, metrics.jsonl, a progress bar, and a
+clean stop on Ctrl-C / SIGTERM (checkpoint saved, then return).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pocketgpt.checkpoint import load_train_state, save_checkpoint
+from pocketgpt.config import TrainConfig
+from pocketgpt.device import autocast
+from pocketgpt.train.optim import build_optimizer
+from pocketgpt.train.schedule import lr_at
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class LoopResult:
+    step: int
+    interrupted: bool
+    train_loss: float
+    last_eval: dict = field(default_factory=dict)
+    tokens_per_sec: float = 0.0
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+             "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM ask the loop to save and stop after the current step; a second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested, self._old = False, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+                   "(Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path | str, *,
+               save: Callable[[str, int, dict], None], evaluate: Optional[Callable[[], dict]] = None,
+               resume_from: Optional[Path] = None, device: torch.device = torch.device("cpu"),
+               dtype: torch.dtype = torch.float32, flops_per_token: float = 0.0,
+               peak_flops: float = 0.0) -> LoopResult:
+    """Train `model` from step 0 (or from `resume_from`'s step) to cfg.max_steps.
+
+    `save(name, step, train_state)` writes a checkpoint (the caller knows the tokenizer and extra metadata).
+    `evaluate()` returns a dict of validation metrics (e.g. {"val_loss", "val_bpb"}).
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / METRICS
+    optimizer = build_optimizer(model, cfg, device)
+    step = 0
+    if resume_from is not None:
+        state = load_train_state(resume_from)
+        if state is None:
+            raise ValueError(f"checkpoint {resume_from} has no training state to resume from")
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        _truncate_metrics(metrics_path, step)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size
+    model.train()
+    compiled = torch.compile(model) if cfg.compile else model
+
+    def train_state() -> dict:
+        return {"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step,
+                "data": batches.state_dict()}
+
+    def do_eval() -> dict:
+        if evaluate is None:
+            return {}
+        out = evaluate()
+        model.train()
+        return out
+
+    last_saved, last_eval, loss_val, tok_s = step, {}, float("nan"), 0.0
+    interrupted = False
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               disable=None)
+    with _StopFlag() as stop, open(metrics_path, "a") as log:
+        t_last, steps_since = time.perf_counter(), 0
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = batches.get(step, micro)
+                with autocast(device, dtype):
+                    _, loss = compiled(x, y)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item()
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"loss became {loss_sum} at step {step}; lower train.lr (now {cfg.lr})")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item() \
+                if cfg.grad_clip > 0 else float("nan")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_since += 1
+            loss_val = loss_sum / cfg.grad_accum
+
+            now = time.perf_counter()
+            if now - t_last > 0.5 or step == cfg.max_steps:
+                tok_s = tokens_per_step * steps_since / (now - t_last)
+                t_last, steps_since = now, 0
+            post = {"loss": f"{loss_val:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+            if peak_flops and flops_per_token:
+                post["mfu"] = f"{100 * tok_s * flops_per_token / peak_flops:.1f}%"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+
+            record = None
+            if cfg.log_every and step % cfg.log_every == 0:
+                record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s,
+                          "tokens": step * tokens_per_step}
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                last_eval = do_eval()
+                record = {**(record or {"step": step, "loss": loss_val, "lr": lr, "tokens": step * tokens_per_step}),
+                          **last_eval}
+                if last_eval:
+                    tqdm.write("step {:>6d} | train loss {:.4f} | ".format(step, loss_val)
+                               + " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
+            if record is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if stop.requested:
+                interrupted = True
+                break
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                save(f"ckpt-{step:07d}", step, train_state())
+                last_saved = step
+    bar.close()
+    if interrupted and last_saved != step:
+        save(f"ckpt-{step:07d}", step, train_state())
+    return LoopResult(step=step, interrupted=interrupted, train_loss=loss_val, last_eval=last_eval,
+                      tokens_per_sec=tok_s)

@@ -1,0 +1,168 @@
+"""Pre-training from raw text: tokenizer (trained or loaded, cached) -> prepared shards (cached) -> GPT -> the loop.
+
+`pretrain(run)` is what `pocketgpt train` calls; everything it needs is in the `TrainRun` config. It writes
+into `run.out`: config.yaml (the resolved config), metrics.jsonl, checkpoints, loss.png. What does not live
+here: the loop itself (loop.py), parsing flags (cli/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from pocketgpt.checkpoint import (LATEST, atomic_write_text, load_checkpoint, load_tokenizer, resolve,
+                                  save_checkpoint)
+from pocketgpt.config import TrainRun, to_dict
+from pocketgpt.data.corpus import corpus_fingerprint, iter_documents, split_documents
+from pocketgpt.data.loader import TokenBatches
+from pocketgpt.data.prepare import check_size, prepare
+from pocketgpt.device import describe_cpu, pick_device, pick_dtype, set_threads
+from pocketgpt.errors import UserError
+from pocketgpt.evaluate import evaluate_tokens
+from pocketgpt.model import GPT
+from pocketgpt.plot import plot_run
+from pocketgpt.tokenizer import Tokenizer
+from pocketgpt.train.loop import LoopResult, train_loop
+
+
+def cache_dir_for(run: TrainRun) -> Path:
+    return Path(run.cache_dir) if run.cache_dir else Path(run.out).resolve().parent / ".cache"
+
+
+def load_or_train_tokenizer(run: TrainRun, train_docs=None, verbose: bool = True) -> Tokenizer:
+    """The run's tokenizer: loaded from tokenizer.path, or trained on the training split and cached."""
+    tcfg = run.tokenizer
+    if tcfg.path:
+        return load_tokenizer(tcfg.path)
+    c = run.corpus
+    key = hashlib.sha256(json.dumps([corpus_fingerprint(run.data, include_source=c.include_source,
+                                                        extensions=c.extensions),
+                                     c.val_fraction, tcfg.kind, tcfg.vocab_size]).encode()).hexdigest()[:16]
+    folder = cache_dir_for(run) / f"tokenizer-{key}"
+    if (folder / "pocketgpt_tokenizer.json").exists():
+        if verbose:
+            print(f"tokenizer: using cached {folder}")
+        return Tokenizer.load(folder)
+    if train_docs is None:
+        train_docs, _ = split_documents(iter_documents(run.data, include_source=c.include_source,
+                                                       extensions=c.extensions), c.val_fraction)
+    if verbose:
+        print(f"tokenizer: training {tcfg.kind} vocabulary ({tcfg.vocab_size}) on {len(train_docs)} documents")
+    tok = Tokenizer.train((d.text for d in train_docs), vocab_size=tcfg.vocab_size, kind=tcfg.kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(folder)
+    return tok
+
+
+def _check_out_dir(out: Path, resume: bool) -> Optional[Path]:
+    """The checkpoint to resume from (None: start fresh); refuse to overwrite a run."""
+    has_run = (out / LATEST).exists()
+    if has_run and not resume:
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and has_run:
+        return resolve(out)
+    if resume:
+        print(f"resume: no checkpoint in {out} yet; starting from step 0")
+    return None
+
+
+def peak_flops_estimate(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
+    """Measured matmul throughput (FLOP/s) on this device and precision: the denominator of MFU."""
+    import time
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    reps, t0 = 5, time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return reps * 2 * n ** 3 / (time.perf_counter() - t0)
+
+
+def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopResult:
+    out = Path(run.out)
+    resume_from = _check_out_dir(out, resume)
+    device = pick_device(run.train.device)
+    dtype = pick_dtype(run.train.dtype, device)
+    threads = set_threads(run.train.threads)
+    if verbose:
+        where = describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name() if device.type == "cuda" else "mps"
+        print(f"device: {device.type} · {where} · {threads} threads · {str(dtype).replace('torch.', '')}")
+
+    c = run.corpus
+    docs = None
+    if resume_from is None and not run.tokenizer.path:
+        docs = split_documents(iter_documents(run.data, include_source=c.include_source, extensions=c.extensions),
+                               c.val_fraction)
+    tokenizer = Tokenizer.load(resume_from) if resume_from else load_or_train_tokenizer(
+        run, docs[0] if docs else None, verbose)
+    data = prepare(run.data, tokenizer, cache_dir_for(run), include_source=c.include_source,
+                   extensions=c.extensions, val_fraction=c.val_fraction, docs=docs, verbose=verbose)
+    check_size(data, run.model.block_size)
+
+    run = replace(run, model=replace(run.model, vocab_size=tokenizer.n_vocab))
+    torch.manual_seed(run.train.seed)
+    if resume_from is not None:
+        model = load_checkpoint(resume_from).model
+        if to_dict(model.config) != to_dict(run.model):
+            raise UserError(f"--resume: the model config differs from the checkpoint's in {resume_from}")
+    else:
+        model = GPT(run.model)
+    model.to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(run), sort_keys=False))
+    if verbose:
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters · {run.model.n_layer} layers · "
+              f"{run.model.n_embd} wide · context {run.model.block_size} · vocab {run.model.vocab_size}")
+
+    batches = TokenBatches(data.shards("train"), run.model.block_size, run.train.batch_size, seed=run.train.seed,
+                           device=device)
+    val_tokens = data.tokens("val")
+    token_bytes = tokenizer.token_byte_lengths()
+
+    def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
+        r = evaluate_tokens(model, val_tokens, token_bytes, batch_size=run.train.batch_size, max_tokens=max_tokens,
+                            device=device, dtype=dtype)
+        return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
+
+    def save(name: str, step: int, state: dict) -> None:
+        save_checkpoint(out, name, model, tokenizer, step=step, train_state=state,
+                        extra={"data": data.meta["fingerprint"], "dtype": str(dtype).replace("torch.", "")})
+
+    result = train_loop(model, batches, run.train, out, save=save, evaluate=evaluate, resume_from=resume_from,
+                        device=device, dtype=dtype, flops_per_token=model.flops_per_token(),
+                        peak_flops=peak_flops_estimate(device, dtype))
+    if not result.interrupted:
+        final = evaluate(0)                                              # the whole validation split
+        result.last_eval = final
+        atomic_write_text(out / "final.json", json.dumps({"step": result.step, **final,
+                                                           "tokens_per_sec": result.tokens_per_sec}, indent=2))
+        if verbose:
+            print(f"final: val loss {final['val_loss']:.4f} · val bits/byte {final['val_bpb']:.4f} "
+                  f"(whole validation split, {len(val_tokens):,} tokens)")
+    png = plot_run(out)
+    if verbose:
+        print(f"loss curve: {png}")
+        if result.interrupted:
+            print(f"stopped at step {result.step}; checkpoint saved. Continue with: pocketgpt train --out {out} --resume")
+        elif run.train.samples:
+            print_samples(model, tokenizer, run, device, dtype)
+    return result
+
+
+def print_samples(model, tokenizer, run: TrainRun, device, dtype) -> None:
+    from pocketgpt.config import SampleConfig
+    from pocketgpt.generate import generate_ids
+    for i in range(run.train.samples):
+        cfg = SampleConfig(max_new_tokens=run.train.sample_tokens, temperature=0.8, top_k=200, seed=run.train.seed + i)
+        ids = list(generate_ids(model, [tokenizer.eot_id], cfg, stop_ids=[tokenizer.eot_id], device=device,
+                                dtype=dtype))
+        print(f"--- sample {i + 1} ---\n{tokenizer.decode(ids)}")

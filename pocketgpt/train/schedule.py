@@ -1,0 +1,23 @@
+"""Learning-rate schedule: a pure function of the step, so resuming needs no scheduler state."""
+
+from __future__ import annotations
+
+import math
+
+from pocketgpt.config import TrainConfig
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based)."""
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    # 1) warmup: linear from lr/warmup to lr
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant" or cfg.max_steps <= cfg.warmup_steps:
+        return peak
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    # 2) decay: cosine or linear from lr down to the floor at max_steps
+    if cfg.schedule == "cosine":
+        return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+    return peak - (peak - floor) * progress
+    # 3) the floor, lr * min_lr_ratio, is reached exactly at max_steps
