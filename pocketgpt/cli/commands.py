@@ -83,15 +83,9 @@ def _load(ns):
 def cmd_generate(ns) -> int:
     sample = dataclass_from(ns, SampleConfig)
     ckpt, device = _load(ns)
-    from pocketgpt.generate import crop_prompt, generate_ids
-    tok = ckpt.tokenizer
-    prompt = [tok.eot_id] + tok.encode(ns.prompt)
-    cropped, was_cropped = crop_prompt(prompt, ckpt.model.config.block_size)
-    if was_cropped:
-        warnings.warn(f"prompt has {len(prompt)} tokens, more than the context allows; "
-                      f"keeping the last {len(cropped)}")
-    ids = list(generate_ids(ckpt.model, cropped, sample, stop_ids=[tok.eot_id], device=device))
-    sys.stdout.write(printable(ns.prompt + tok.decode(ids)) + "\n")
+    from pocketgpt.generate.text import generate_text
+    text = generate_text(ckpt.model, ckpt.tokenizer, ns.prompt, sample, device=device)
+    sys.stdout.write(printable(ns.prompt + text) + "\n")
     return 0
 
 

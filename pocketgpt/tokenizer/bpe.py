@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -130,6 +129,11 @@ class Tokenizer:
             raise UserError(f"a {kind} tokenizer {'takes no' if kind == 'char' else 'needs a'} split pattern")
         if kind != "gpt2" and (ranks is not None or tokens[:256] != [bytes([b]) for b in range(256)]):
             raise UserError(f"a {kind} tokenizer must have ids 0..255 = the raw bytes, ranks = ids")
+        if ranks is not None and (
+            len(ranks) != n
+            or any(r is not None and (type(r) is not int or r < 0 or tokens[i] is None) for i, r in enumerate(ranks))
+        ):
+            raise UserError(f"ranks must be {n} entries: an int >= 0 or None per id, None at special ids")
         self.kind, self.pattern, self.n_vocab = kind, pattern, n
         self.special_tokens: dict[str, int] = specials
         self.eot_id: int = specials[EOT]
@@ -153,8 +157,8 @@ class Tokenizer:
         used = self._ranks if self._ranks is not None else self._tokens
         if len(ranks) != sum(r is not None for r in used):
             raise UserError("two encodable tokens have the same bytes")
-        if len(set(ranks.values())) != len(ranks) or not all(isinstance(r, int) for r in ranks.values()):
-            raise UserError("BPE ranks must be distinct ints")
+        if len(set(ranks.values())) != len(ranks):
+            raise UserError("two tokens share one BPE rank")
         missing = [b for b in range(256) if bytes([b]) not in ranks]
         if missing:
             raise UserError(f"the vocabulary lacks single-byte tokens for bytes {missing[:8]}")
@@ -178,7 +182,7 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int | None, kind: str = "bpe", *, progress: bool = False):
-        """Learn a vocabulary from `texts` (any iterable of str, read once).
+        """Learn a vocabulary from `texts` (an iterable of str, read once; one str = one doc).
 
         bpe: `vocab_size` is the exact n_vocab (specials included); a text too small to
         yield that many merges is a UserError. char: `vocab_size` is an upper bound (None: no
@@ -228,6 +232,8 @@ class Tokenizer:
     # ---- encoding ---------------------------------------------------------------------
 
     def _allowed(self, allowed_special) -> frozenset[str]:
+        if allowed_special is None:
+            return frozenset()
         if isinstance(allowed_special, str):
             if allowed_special == "all":
                 return self._all_special
@@ -252,23 +258,15 @@ class Tokenizer:
             return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
         return self._enc.encode_ordinary(text)
 
-    def _encode_escaped(self, raw: bytes) -> list[int]:
-        """Ids of raw bytes, one single-byte token each."""
-        if self.kind != "gpt2":
-            return list(raw)
-        return [self._byte_id[b] for b in raw]
-
     def _encode_one(self, text: str, allowed: frozenset[str]) -> list[int]:
         if not isinstance(text, str):
             raise UserError(f"encode expects str, got {type(text).__name__}")
-        if not _check_surrogates(text):
+        if not _check_surrogates(text) or self._char is not None:  # char maps escaped bytes itself
             return self._encode_clean(text, allowed)
-        if self._char is not None:  # the char codec maps escaped bytes itself
-            return self._encode_clean(text, allowed)
-        ids: list[int] = []
+        ids: list[int] = []  # tiktoken can't take lone surrogates: escaped runs -> byte ids
         for k, part in enumerate(_ESCAPED_RUN.split(text)):
             if k % 2:
-                ids += self._encode_escaped(part.encode("utf-8", "surrogateescape"))
+                ids += [self._byte_id[b] for b in part.encode("utf-8", "surrogateescape")]
             elif part:
                 ids += self._encode_clean(part, allowed)
         return ids
@@ -362,16 +360,8 @@ class Tokenizer:
         """Write `directory/pocketgpt_tokenizer.json` atomically; returns its path."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / FILENAME
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=FILENAME + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._canonical())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        gpt2_files.write_atomic(out / FILENAME, self._canonical())
+        return out / FILENAME
 
     def save_gpt2_files(self, directory) -> None:
         """Write `vocab.json` + `merges.txt` (GPT-2 / Hugging Face format) for a BPE kind."""

@@ -202,11 +202,12 @@ def recover_merges(mergeable: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, then rename it over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -232,5 +233,5 @@ def write_gpt2_files(
     vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
     lines = ["#version: 0.2"]
     lines += [f"{bytes_to_token(a)} {bytes_to_token(b)}" for a, b in recover_merges(mergeable)]
-    _write_atomic(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    _write_atomic(out / "merges.txt", "\n".join(lines) + "\n")
+    write_atomic(out / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    write_atomic(out / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))

@@ -160,9 +160,8 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
 
 def print_samples(model, tokenizer, run: TrainRun, device, dtype) -> None:
     from pocketgpt.config import SampleConfig
-    from pocketgpt.generate import generate_ids
+    from pocketgpt.generate.text import generate_text
     for i in range(run.train.samples):
         cfg = SampleConfig(max_new_tokens=run.train.sample_tokens, temperature=0.8, top_k=200, seed=run.train.seed + i)
-        ids = list(generate_ids(model, [tokenizer.eot_id], cfg, stop_ids=[tokenizer.eot_id], device=device,
-                                dtype=dtype))
-        print(f"--- sample {i + 1} ---\n{tokenizer.decode(ids)}")
+        text = generate_text(model, tokenizer, "", cfg, device=device, dtype=dtype)
+        print(f"--- sample {i + 1} ---\n{text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')}")
