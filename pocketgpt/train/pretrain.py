@@ -164,4 +164,4 @@ def print_samples(model, tokenizer, run: TrainRun, device, dtype) -> None:
     for i in range(run.train.samples):
         cfg = SampleConfig(max_new_tokens=run.train.sample_tokens, temperature=0.8, top_k=200, seed=run.train.seed + i)
         text = generate_text(model, tokenizer, "", cfg, device=device, dtype=dtype)
-        print(f"--- sample {i + 1} ---\n{text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')}")
+        print(f"--- sample {i + 1} ---\n{text}")
