@@ -168,26 +168,76 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """How tokens are picked at generation time."""
+    """How tokens are picked at generation time (OpenAI / Hugging Face semantics where they exist)."""
 
     max_new_tokens: int = 200
     """tokens to generate at most"""
-    temperature: float = 0.8
-    """0 picks the most likely token (greedy); higher is more random"""
+    temperature: Optional[float] = None
+    """0 picks the most likely token (greedy); higher is more random; unset means 0.8 (and greedy with beams)"""
     top_k: int = 0
     """keep only the k most likely tokens; 0 keeps all"""
     top_p: float = 1.0
     """keep the smallest set of tokens whose probability reaches p (nucleus sampling); 1 keeps all"""
+    min_p: float = 0.0
+    """drop tokens less likely than min_p times the most likely one; 0 keeps all"""
+    repetition_penalty: float = 1.0
+    """divide positive (multiply negative) logits of tokens already in the text by this; 1 is off"""
+    frequency_penalty: float = 0.0
+    """subtract this times the count of each token generated so far (OpenAI), -2..2"""
+    presence_penalty: float = 0.0
+    """subtract this from every token generated at least once so far (OpenAI), -2..2"""
+    logit_bias: Optional[dict[int, float]] = None
+    """token id -> value added to its logit (OpenAI), e.g. {50256: -100} to ban a token"""
     seed: Optional[int] = None
     """seed for sampling; the same seed repeats the same text"""
+    num_samples: int = 1
+    """independent samples per prompt (they share one prefill)"""
+    num_beams: int = 1
+    """beam search width; 1 is off. Beam search is deterministic: it does not combine with temperature > 0"""
+    length_penalty: float = 1.0
+    """beam score = sum of log-probabilities / generated length ** length_penalty"""
+    early_stopping: bool = False
+    """beam search stops as soon as num_beams hypotheses are finished"""
+    logprobs: bool = False
+    """return the log-probability of each generated token"""
+    top_logprobs: int = 0
+    """also return the this many most likely alternatives at each step (0..20)"""
+    stop: tuple[str, ...] = ()
+    """stop when the text contains one of these strings (never included in the output)"""
 
     def __post_init__(self) -> None:
         t = self.temperature
-        _check(isinstance(t, (int, float)) and not math.isnan(t) and t >= 0,
+        _check(t is None or (isinstance(t, (int, float)) and not math.isnan(t) and t >= 0),
                f"temperature must be a number >= 0, got {t}")
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _check(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}")
         _check(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        _check(self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty),
+               f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and -2.0 <= v <= 2.0, f"{name} must be in [-2, 2], got {v}")
+        _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        _check(self.num_beams >= 1, f"num_beams must be >= 1, got {self.num_beams}")
+        _check(0 <= self.top_logprobs <= 20, f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
+        if self.num_beams > 1:
+            _check(not t, f"beam search is deterministic and cannot sample: drop temperature={t} or use num_beams=1")
+            _check(self.top_k == 0 and self.top_p == 1.0 and self.min_p == 0.0,
+                   "beam search does not combine with top_k / top_p / min_p sampling filters")
+            _check(self.num_samples <= self.num_beams,
+                   f"num_samples ({self.num_samples}) cannot exceed num_beams ({self.num_beams}): "
+                   "beam search returns the best num_samples beams")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        _check(all(isinstance(x, str) and x for x in self.stop), f"stop strings must be non-empty, got {self.stop!r}")
+
+    @property
+    def effective_temperature(self) -> float:
+        if self.temperature is not None:
+            return float(self.temperature)
+        return 0.0 if self.num_beams > 1 else 0.8
 
 
 @dataclass

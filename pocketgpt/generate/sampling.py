@@ -42,6 +42,39 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the most likely token's."""
+    if min_p <= 0.0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+
+
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Hugging Face / CTRL: for tokens already in the text (seen (B, V) bool), positive logits / penalty, negative * penalty."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def frequency_presence_penalty(logits: torch.Tensor, counts: torch.Tensor, frequency: float,
+                               presence: float) -> torch.Tensor:
+    """OpenAI: logit -= count * frequency + (count > 0) * presence, counts (B, V) over generated tokens."""
+    if frequency == 0.0 and presence == 0.0:
+        return logits
+    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
+
+
+def add_logit_bias(logits: torch.Tensor, bias: dict[int, float] | None) -> torch.Tensor:
+    """OpenAI logit_bias: add a value to chosen token ids' logits (-100 bans, +100 forces in practice)."""
+    if not bias:
+        return logits
+    ids = torch.tensor(list(bias.keys()), dtype=torch.long, device=logits.device)
+    vals = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(-1, ids, vals.expand(logits.shape[0], -1))
+
+
 def sample(logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Draw one token per row from softmax(logits), (B,)."""
     probs = logits.float().softmax(dim=-1)
@@ -49,10 +82,22 @@ def sample(logits: torch.Tensor, generator: Optional[torch.Generator] = None) ->
 
 
 def pick(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Temperature 0 is greedy; otherwise temperature, then top-k, then top-p, then sample."""
+         min_p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Temperature 0 is greedy; otherwise temperature, then top-k, then top-p, then min-p, then sample."""
     logits = logits.float()
     if temperature == 0:
         return greedy(logits)
-    logits = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
+    logits = apply_temperature(logits, temperature)
+    logits = min_p_filter(top_p_filter(top_k_filter(logits, top_k), top_p), min_p)
     return sample(logits, generator)
+
+
+def top_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's log-probability of each chosen token (B,), and the k most likely (ids (B, k), logprobs (B, k))."""
+    logp = logits.float().log_softmax(dim=-1)
+    chosen_lp = logp.gather(-1, chosen[:, None]).squeeze(-1)
+    if k <= 0:
+        empty = torch.empty(logits.shape[0], 0)
+        return chosen_lp, empty.long(), empty
+    vals, ids = logp.topk(k, dim=-1)
+    return chosen_lp, ids, vals

@@ -59,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, rot: Optional[tuple[torch.Tensor, torch.Tensor]],
-                kv_cache: Optional[KVCache]) -> torch.Tensor:
+                kv_cache: Optional[KVCache] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)                                 # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
@@ -67,20 +67,15 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
         q, k = apply_rotary(q, rot), apply_rotary(k, rot)                       # RoPE only; identity otherwise
 
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k, v)                        # (B, nh, past+T, hs)
-        # softmax(Q K^T / sqrt(d_k)) V with the future masked out. Without a cache, or on the first
-        # chunk, the mask is the plain lower triangle; a chunk after cached tokens sees all of them.
         dropout = self.attn_dropout if self.training else 0.0
-        if past == 0:
+        if kv_cache is None:                                                      # training / full forward
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)   # one new token sees everything
         else:
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past+T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            causal = kv_cache.pos == 0 and mask is None                           # first chunk, no padding
+            k, v = kv_cache.update(self.layer_idx, k, v)                        # (B, nh, past+T, hs)
+            # softmax(Q K^T / sqrt(d_k)) V with the future (and any left padding) masked out
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=causal and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                       # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -109,8 +104,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rot, kv_cache: Optional[KVCache]) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rot, kv_cache)
+    def forward(self, x: torch.Tensor, rot, kv_cache: Optional[KVCache] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rot, kv_cache, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -144,7 +140,11 @@ class GPT(nn.Module):
 
     def hidden(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None,
                pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Steps 1-6 and the final norm: token ids (B, T) -> hidden states (B, T, C)."""
+        """Steps 1-6 and the final norm: token ids (B, T) -> hidden states (B, T, C).
+
+        `pos` gives each token's position, (T,) or per row (B, T) for left-padded batches; by default the
+        positions follow the cache.
+        """
         B, T = idx.shape
         past = kv_cache.pos if kv_cache is not None else 0
         if past + T > self.config.block_size:
@@ -155,8 +155,9 @@ class GPT(nn.Module):
         x = wpe.add_to_input(self.transformer.wte(idx), pos)                 # (B, T, C)
         x = self.transformer.drop(x)
         rot = wpe.rotation(pos)                                               # (cos, sin) for RoPE, else None
+        mask = kv_cache.attn_mask(T) if kv_cache is not None else None        # one mask for every layer
         for block in self.transformer.h:
-            x = block(x, rot, kv_cache)                                       # (B, T, C)
+            x = block(x, rot, kv_cache, mask)                                 # (B, T, C)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.transformer.ln_f(x)                                       # (B, T, C)
