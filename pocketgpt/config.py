@@ -117,9 +117,9 @@ class TrainConfig:
     lr: float = 1e-3
     """peak learning rate"""
     min_lr_ratio: float = 0.1
-    """final learning rate as a fraction of lr, reached at max_steps"""
+    """final learning rate as a fraction of lr, reached at the last step"""
     warmup_steps: int = 100
-    """linear warmup steps from 0 to lr"""
+    """steps of linear warmup from lr/warmup_steps up to lr"""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """decay after warmup"""
     weight_decay: float = 0.1

@@ -48,7 +48,7 @@ ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
 
 
 class CausalSelfAttention(nn.Module):
-    """Step 3: every token asks (q) every earlier token (k) how relevant it is, and mixes their values (v)."""
+    """Step 3: every token asks (q) each token up to itself (k) how relevant it is, and mixes their values (v)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -91,7 +91,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, mlp_width = 4C) -> (B, T, C)
 
 
 class Block(nn.Module):

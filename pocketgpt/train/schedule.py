@@ -15,9 +15,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant" or cfg.max_steps <= cfg.warmup_steps:
         return peak
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    # 2) decay: cosine or linear from lr down to the floor at max_steps
+    # 2) decay: cosine or linear from lr down to  3) the floor, lr * min_lr_ratio, at the last step (max_steps - 1)
+    progress = min(1.0, (step - cfg.warmup_steps + 1) / max(1, cfg.max_steps - cfg.warmup_steps))
     if cfg.schedule == "cosine":
         return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
     return peak - (peak - floor) * progress
-    # 3) the floor, lr * min_lr_ratio, is reached exactly at max_steps

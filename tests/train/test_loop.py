@@ -45,12 +45,13 @@ def test_schedule_warmup_cosine_floor():
     cfg = TrainConfig(max_steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(1e-5)
     assert lr_at(99, cfg) == pytest.approx(1e-3)
-    assert lr_at(550, cfg) == pytest.approx(0.55e-3)          # halfway down the cosine
+    assert lr_at(549, cfg) == pytest.approx(0.55e-3)          # halfway down the cosine
+    assert lr_at(999, cfg) == pytest.approx(1e-4)              # the floor at the last step
     assert lr_at(1000, cfg) == pytest.approx(1e-4)
     lrs = [lr_at(s, cfg) for s in range(100, 1001)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     lin = TrainConfig(max_steps=200, warmup_steps=0, lr=1.0, min_lr_ratio=0.0, schedule="linear")
-    assert lr_at(100, lin) == pytest.approx(0.5)
+    assert lr_at(99, lin) == pytest.approx(0.5)
     assert lr_at(7, TrainConfig(schedule="constant", warmup_steps=0, lr=2.0)) == 2.0
 
 
