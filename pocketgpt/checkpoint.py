@@ -14,6 +14,7 @@ What does not live here: the training loop, building optimizers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())                  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -56,6 +58,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask (read once: os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _backup_name(name: str) -> str:
+    """Where save_checkpoint parks an existing folder of the same name while it swaps the new one in."""
+    return f".{name}.old"
+
+
+def _remove_leftovers(run_dir: Path, pattern: str) -> None:
+    """Temp files/folders (`.NAME.XXXX.tmp`) or parked folders (`.NAME.old`) left by a killed save.
+
+    One writer per run folder is assumed (as for LATEST itself)."""
+    for p in run_dir.glob(pattern):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -75,9 +101,12 @@ def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Token
     """Write run_dir/name atomically, point LATEST at it, then drop older checkpoints beyond keep_last."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(run_dir, ".*.tmp")
     final = run_dir / name
+    backup = run_dir / _backup_name(name)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())                  # mkdtemp makes 0700; give the usual permissions
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight", None)             # one copy of the shared matrix
@@ -88,16 +117,24 @@ def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Token
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            # 1) park the old folder (LATEST may name it: resolve() falls back to the parked copy)
+            # 2) move the new one into place  # 3) drop the parked copy once LATEST is written
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(final, backup)
         os.replace(tmp, final)
         _fsync_dir(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(run_dir / LATEST, name + "\n")
+    _fsync_dir(run_dir)
+    _remove_leftovers(run_dir, ".*.old")                  # LATEST names a complete folder: parked ones can go
     old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
     for p in old[: max(0, len(old) - (keep_last - 1))]:
         shutil.rmtree(p, ignore_errors=True)
@@ -116,6 +153,9 @@ def resolve(path: Path | str) -> Path:
         target = path / latest.read_text().strip()
         if (target / "config.json").exists():
             return target
+        parked = path / _backup_name(target.name)     # killed while save_checkpoint swapped a same-named folder
+        if (parked / "config.json").exists():
+            return parked
         raise UserError(f"{latest} points to {target.name}, which is missing or incomplete")
     raise UserError(f"not a pocketgpt checkpoint (no config.json or {LATEST}): {path}")
 

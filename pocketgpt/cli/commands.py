@@ -81,11 +81,31 @@ def _load(ns):
 
 
 def cmd_generate(ns) -> int:
+    from pocketgpt.device import native_bf16, pick_dtype
+    from pocketgpt.generate.text import TextGenerator
+    if ns.dtype not in ("auto", "float32", "bfloat16"):
+        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {ns.dtype!r}")
     sample = dataclass_from(ns, SampleConfig)
+    if ns.stream and (sample.num_samples > 1 or sample.num_beams > 1):
+        raise UserError("--stream prints one sequence: drop --num-samples / --beams, or drop --stream")
     ckpt, device = _load(ns)
-    from pocketgpt.generate.text import generate_text
-    text = generate_text(ckpt.model, ckpt.tokenizer, ns.prompt, sample, device=device)
-    sys.stdout.write(printable(ns.prompt + text) + "\n")
+    dtype = pick_dtype(ns.dtype, device)
+    if ns.dtype == "bfloat16" and not native_bf16(device):
+        warnings.warn(f"this {device.type} has no native bf16 units: bfloat16 will be slower than float32")
+    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype)
+    if ns.stream:
+        sys.stdout.write(printable(ns.prompt))
+        for piece in gen.stream(ns.prompt, sample):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    results = gen.complete([ns.prompt], sample)[0]
+    for i, c in enumerate(results):
+        if len(results) > 1:
+            score = f" (score {c.score:.4f})" if c.score is not None else ""
+            print(f"--- {'beam' if sample.num_beams > 1 else 'sample'} {i + 1}{score} ---")
+        sys.stdout.write(printable(ns.prompt + c.text) + "\n")
     return 0
 
 

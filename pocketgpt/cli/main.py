@@ -105,7 +105,13 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     ge = ArgumentParser(exit_on_error=False, description="Continue a prompt with a trained model.")
     ge.add_argument("checkpoint", help="checkpoint or run folder")
     ge.add_argument("--prompt", type=str, default="", help="text to continue (default: start from <|endoftext|>)")
-    add_dataclass_flags(ge, SampleConfig, dashes=True)
+    add_dataclass_flags(ge, SampleConfig, dashes=True, skip={"stop", "num_beams", "logprobs", "top_logprobs"})
+    ge.add_argument("--beams", "--num-beams", "--num_beams", dest="num_beams", type=int, default=1,
+                    help="beam search width; 1 is off (deterministic: do not combine with --temperature > 0)")
+    ge.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); never printed")
+    ge.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    ge.add_argument("--dtype", type=str, default="auto",
+                    help="inference precision: auto (bf16 where native), float32 or bfloat16")
     ge.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
     sub.add_subcommand("generate", ge, help="generate text from a checkpoint")
 

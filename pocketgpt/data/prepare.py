@@ -100,6 +100,15 @@ def _write_split(docs: list[Document], tokenizer: Tokenizer, folder: Path, split
     return {"tokens": n_tokens, "bytes": n_bytes, "documents": len(docs), "shards": shards}
 
 
+def _prepared_meta(folder: Path, key: str) -> Optional[dict]:
+    """meta.json of a complete prepared folder for `key`, or None (missing, unreadable or another key)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("fingerprint") == key else None
+
+
 def prepare(data: Optional[str], tokenizer: Tokenizer, cache_dir: Path | str, *, include_source: bool = False,
             extensions: tuple[str, ...] = (".txt",), val_fraction: float = 0.05, seed: int = 0,
             docs: Optional[tuple[list[Document], list[Document]]] = None, verbose: bool = True) -> Prepared:
@@ -108,13 +117,11 @@ def prepare(data: Optional[str], tokenizer: Tokenizer, cache_dir: Path | str, *,
                       val_fraction=val_fraction, seed=seed)
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"data-{key[:16]}"
-    meta_file = folder / "meta.json"
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("fingerprint") == key:
-            if verbose:
-                print(f"data: using prepared tokens in {folder}")
-            return Prepared(folder, meta)
+    meta = _prepared_meta(folder, key)
+    if meta is not None:
+        if verbose:
+            print(f"data: using prepared tokens in {folder}")
+        return Prepared(folder, meta)
     if docs is None:
         docs = split_documents(iter_documents(data, include_source=include_source, extensions=extensions),
                                val_fraction, seed=seed)
@@ -128,9 +135,20 @@ def prepare(data: Optional[str], tokenizer: Tokenizer, cache_dir: Path | str, *,
                 "corpus": data or "<built-in>", "include_source": include_source, "val_fraction": val_fraction,
                 "dtype": token_dtype(tokenizer.n_vocab).name, "splits": splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if folder.exists():
+        theirs = _prepared_meta(folder, key)
+        if theirs is not None:                    # another process prepared the same input meanwhile: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)   # (never delete a folder it may be reading)
+            return Prepared(folder, theirs)
+        if folder.exists():                       # a stale or broken folder of the same name
             shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:                           # lost a race to a concurrent prepare of the same input
+            theirs = _prepared_meta(folder, key)
+            if theirs is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return Prepared(folder, theirs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
