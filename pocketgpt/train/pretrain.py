@@ -154,14 +154,14 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
         if result.interrupted:
             print(f"stopped at step {result.step}; checkpoint saved. Continue with: pocketgpt train --out {out} --resume")
         elif run.train.samples:
-            print_samples(model, tokenizer, run, device, dtype)
+            print_samples(model, tokenizer, run, device)
     return result
 
 
-def print_samples(model, tokenizer, run: TrainRun, device, dtype) -> None:
+def print_samples(model, tokenizer, run: TrainRun, device) -> None:
     from pocketgpt.config import SampleConfig
     from pocketgpt.generate.text import generate_text
     for i in range(run.train.samples):
         cfg = SampleConfig(max_new_tokens=run.train.sample_tokens, temperature=0.8, top_k=200, seed=run.train.seed + i)
-        text = generate_text(model, tokenizer, "", cfg, device=device, dtype=dtype)
+        text = generate_text(model, tokenizer, "", cfg, device=device)      # float32: leaves the weights as they are
         print(f"--- sample {i + 1} ---\n{text}")
