@@ -17,7 +17,7 @@ from pocketgpt.errors import UserError
 def dispatch(ns) -> int:
     cmd = ns.command
     return {"train": cmd_train, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare, "generate": cmd_generate,
-            "eval": cmd_eval, "plot": cmd_plot}[cmd](ns.get(cmd))
+            "eval": cmd_eval, "plot": cmd_plot, "convert": cmd_convert}[cmd](ns.get(cmd))
 
 
 def cmd_train(ns) -> int:
@@ -132,4 +132,13 @@ def cmd_eval(ns) -> int:
 def cmd_plot(ns) -> int:
     from pocketgpt.plot import plot_run
     print(plot_run(Path(ns.run_dir), ns.out))
+    return 0
+
+
+def cmd_convert(ns) -> int:
+    from pocketgpt.interop import convert_from_hf, convert_to_hf
+    if (ns.from_hf is None) == (ns.to_hf is None):
+        raise UserError("give exactly one of --from-hf SOURCE or --to-hf CHECKPOINT")
+    path = convert_from_hf(ns.from_hf, ns.out) if ns.from_hf else convert_to_hf(ns.to_hf, ns.out)
+    print(f"wrote {path}")
     return 0

@@ -123,6 +123,14 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     ev.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
     sub.add_subcommand("eval", ev, help="evaluate a checkpoint on held-out text")
 
+    cv = ArgumentParser(exit_on_error=False, description="Exchange checkpoints with Hugging Face transformers (GPT-2).")
+    cv.add_argument("--from-hf", "--from_hf", dest="from_hf", type=Optional[str], default=None,
+                    help="a local transformers GPT-2 folder, or a Hub id such as gpt2 (needs network)")
+    cv.add_argument("--to-hf", "--to_hf", dest="to_hf", type=Optional[str], default=None,
+                    help="a pocketgpt checkpoint or run folder to export")
+    cv.add_argument("out", help="folder to write (must not exist, or be empty)")
+    sub.add_subcommand("convert", cv, help="convert checkpoints from / to Hugging Face GPT-2")
+
     pl = ArgumentParser(exit_on_error=False, description="Draw loss.png from a run's metrics.jsonl.")
     pl.add_argument("run_dir", help="training run folder")
     pl.add_argument("--out", type=Optional[str], default=None, help="output PNG (default: RUN_DIR/loss.png)")
