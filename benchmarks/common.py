@@ -1,0 +1,48 @@
+"""Shared by the benchmark scripts: the machine's description and measured peaks (printed with every table)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+from pocketgpt.device import cpu_info, describe_cpu
+
+
+def header(title: str) -> None:
+    print(f"# {title}")
+    print(f"CPU: {describe_cpu()} | torch {torch.__version__} threads={torch.get_num_threads()} | "
+          f"python {platform.python_version()} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
+
+
+def read_bandwidth(mb: int = 512, reps: int = 5) -> float:
+    """Bytes/s of a streaming read (sum over a tensor far larger than the caches): best of `reps`."""
+    a = torch.ones(mb * 1024 * 1024 // 4)
+    a.sum()
+    best = min(_timed(a.sum) for _ in range(reps))
+    return a.numel() * 4 / best
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a large square matmul in `dtype`: best of `reps`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    return 2 * n ** 3 / min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+
+
+def _timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def median_time(f, runs: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        f()
+    return statistics.median(_timed(f) for _ in range(runs))
+
+
+def native_bf16() -> bool:
+    return cpu_info()["native_bf16"]
