@@ -8,17 +8,19 @@ folders, `metrics.jsonl`, `config.yaml` and `loss.png`. A checkpoint folder hold
     train_state.pt            optimizer, RNG states, data position (tensors/primitives only,
                               loaded with weights_only=True)
 Writes are atomic: a checkpoint is written into a temp folder, fsynced, renamed into place, and
-only then is LATEST replaced (os.replace). A kill at any moment leaves the previous one loadable.
+only then is LATEST replaced (os.replace). A kill at any moment leaves the previous one loadable: a folder
+of the same name is parked as `.NAME.old` (which `resolve` falls back to) until LATEST is written, and the
+next save removes what a killed one left behind. Files get the usual umask permissions, not mkstemp's 0600.
 What does not live here: the training loop, building optimizers.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from pocketgpt.config import ModelConfig, from_dict, to_dict
 from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_write, umask
 from pocketgpt.model import GPT
 from pocketgpt.tokenizer import Tokenizer
 
@@ -45,27 +48,8 @@ class Checkpoint:
     meta: dict[str, Any]          # everything in config.json besides the model config (step, extra)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())                  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    """The process umask (read once: os.umask can only be read by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _backup_name(name: str) -> str:
@@ -106,7 +90,7 @@ def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Token
     backup = run_dir / _backup_name(name)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())                  # mkdtemp makes 0700; give the usual permissions
+        os.chmod(tmp, 0o777 & ~umask())                  # mkdtemp makes 0700; give the usual permissions
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight", None)             # one copy of the shared matrix
@@ -117,7 +101,7 @@ def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Token
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
+            os.chmod(f, 0o666 & ~umask())
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
@@ -132,7 +116,7 @@ def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Token
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_text(run_dir / LATEST, name + "\n")
+    atomic_write(run_dir / LATEST, name + "\n")
     _fsync_dir(run_dir)
     _remove_leftovers(run_dir, ".*.old")                  # LATEST names a complete folder: parked ones can go
     old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
@@ -209,7 +193,9 @@ def load_train_state(path: Path | str) -> Optional[dict]:
     if not f.exists():
         return None
     try:
-        return torch.load(f, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():                   # torch warns about foreign pickles it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, wrong content: never executed, only refused
         raise UserError(f"training state is unreadable: {f} ({e.__class__.__name__})") from None
 

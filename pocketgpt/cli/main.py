@@ -145,7 +145,15 @@ def _one_line(msg: str) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = warnings.formatwarning
     warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser(argv)
         if not argv:

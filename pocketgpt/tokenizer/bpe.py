@@ -26,6 +26,7 @@ import numpy as np
 import tiktoken
 
 from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_write
 from pocketgpt.tokenizer import gpt2_files
 from pocketgpt.tokenizer.char import CharCodec, train_char
 from pocketgpt.tokenizer.special import EOT, SPECIAL_TOKENS, special_regex
@@ -360,7 +361,7 @@ class Tokenizer:
         """Write `directory/pocketgpt_tokenizer.json` atomically; returns its path."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        gpt2_files.write_atomic(out / FILENAME, self._canonical())
+        atomic_write(out / FILENAME, self._canonical())
         return out / FILENAME
 
     def save_gpt2_files(self, directory) -> None:

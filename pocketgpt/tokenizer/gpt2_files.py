@@ -16,12 +16,11 @@ do) the ids serve as ranks; otherwise ranks are bytes 0..255 then 256 + merge in
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_write
 from pocketgpt.tokenizer.special import SPECIAL_TOKENS
 
 FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
@@ -202,16 +201,6 @@ def recover_merges(mergeable: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_gpt2_files(
@@ -233,5 +222,5 @@ def write_gpt2_files(
     vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
     lines = ["#version: 0.2"]
     lines += [f"{bytes_to_token(a)} {bytes_to_token(b)}" for a, b in recover_merges(mergeable)]
-    write_atomic(out / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
-    write_atomic(out / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write(out / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    atomic_write(out / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pocketgpt.checkpoint import load_train_state, save_checkpoint
 from pocketgpt.config import TrainConfig
 from pocketgpt.device import autocast
 from pocketgpt.train.optim import build_optimizer
@@ -93,10 +92,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path | str, *,
                save: Callable[[str, int, dict], None], evaluate: Optional[Callable[[], dict]] = None,
-               resume_from: Optional[Path] = None, device: torch.device = torch.device("cpu"),
+               resume_state: Optional[dict] = None, device: torch.device = torch.device("cpu"),
                dtype: torch.dtype = torch.float32, flops_per_token: float = 0.0,
                peak_flops: float = 0.0) -> LoopResult:
-    """Train `model` from step 0 (or from `resume_from`'s step) to cfg.max_steps.
+    """Train `model` from step 0 (or from `resume_state`, a checkpoint's training state) to cfg.max_steps.
 
     `save(name, step, train_state)` writes a checkpoint (the caller knows the tokenizer and extra metadata).
     `evaluate()` returns a dict of validation metrics (e.g. {"val_loss", "val_bpb"}).
@@ -105,14 +104,11 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
     metrics_path = run_dir / METRICS
     optimizer = build_optimizer(model, cfg, device)
     step = 0
-    if resume_from is not None:
-        state = load_train_state(resume_from)
-        if state is None:
-            raise ValueError(f"checkpoint {resume_from} has no training state to resume from")
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        _truncate_metrics(metrics_path, step)
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        set_rng_state(resume_state["rng"])
+        step = int(resume_state["step"])
+    _truncate_metrics(metrics_path, step)          # forget lines from after the checkpoint (or from a dead run)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size
     model.train()
     compiled = torch.compile(model) if cfg.compile else model

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 import yaml
 
-from pocketgpt.checkpoint import (LATEST, atomic_write_text, load_checkpoint, load_tokenizer, resolve,
-                                  save_checkpoint)
+from pocketgpt.checkpoint import LATEST, load_checkpoint, load_tokenizer, load_train_state, resolve, save_checkpoint
+from pocketgpt.fileio import atomic_write
 from pocketgpt.config import TrainRun, to_dict
 from pocketgpt.data.corpus import corpus_fingerprint, iter_documents, split_documents
 from pocketgpt.data.loader import TokenBatches
@@ -110,15 +110,19 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
 
     run = replace(run, model=replace(run.model, vocab_size=tokenizer.n_vocab))
     torch.manual_seed(run.train.seed)
+    resume_state = None
     if resume_from is not None:
         model = load_checkpoint(resume_from).model
         if to_dict(model.config) != to_dict(run.model):
             raise UserError(f"--resume: the model config differs from the checkpoint's in {resume_from}")
+        resume_state = load_train_state(resume_from)
+        if resume_state is None:
+            raise UserError(f"cannot resume: {resume_from} holds weights but no training state (train_state.pt)")
     else:
         model = GPT(run.model)
     model.to(device)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(run), sort_keys=False))
+    atomic_write(out / "config.yaml", yaml.safe_dump(to_dict(run), sort_keys=False))
     if verbose:
         print(f"model: {model.num_params() / 1e6:.2f}M parameters · {run.model.n_layer} layers · "
               f"{run.model.n_embd} wide · context {run.model.block_size} · vocab {run.model.vocab_size}")
@@ -137,13 +141,13 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
         save_checkpoint(out, name, model, tokenizer, step=step, train_state=state,
                         extra={"data": data.meta["fingerprint"], "dtype": str(dtype).replace("torch.", "")})
 
-    result = train_loop(model, batches, run.train, out, save=save, evaluate=evaluate, resume_from=resume_from,
+    result = train_loop(model, batches, run.train, out, save=save, evaluate=evaluate, resume_state=resume_state,
                         device=device, dtype=dtype, flops_per_token=model.flops_per_token(),
                         peak_flops=peak_flops_estimate(device, dtype))
     if not result.interrupted:
         final = evaluate(0)                                              # the whole validation split
         result.last_eval = final
-        atomic_write_text(out / "final.json", json.dumps({"step": result.step, **final,
+        atomic_write(out / "final.json", json.dumps({"step": result.step, **final,
                                                            "tokens_per_sec": result.tokens_per_sec}, indent=2))
         if verbose:
             print(f"final: val loss {final['val_loss']:.4f} · val bits/byte {final['val_bpb']:.4f} "
