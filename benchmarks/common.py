@@ -17,8 +17,8 @@ def header(title: str) -> None:
           f"python {platform.python_version()} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
 
 
-def read_bandwidth(mb: int = 512, reps: int = 5) -> float:
-    """Bytes/s of a streaming read (sum over a tensor far larger than the caches): best of `reps`."""
+def read_bandwidth(mb: int = 1024, reps: int = 10) -> float:
+    """Bytes/s of a streaming read (sum over a tensor 30x the last-level cache) on all threads: best of `reps`."""
     a = torch.ones(mb * 1024 * 1024 // 4)
     a.sum()
     best = min(_timed(a.sum) for _ in range(reps))

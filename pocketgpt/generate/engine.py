@@ -61,12 +61,9 @@ class Engine:
             self.model.to(dtype)
         self.cfg = model.config
         if self.device.type == "cpu" and dtype == torch.float32:
-            # A batch-1 float32 GEMV over the (vocab, C) head streams ~2-3x faster from a column-major weight
-            # on CPU (measured in benchmarks/generate.py). Same values and shape, other strides; training is
-            # unaffected and checkpoints save contiguous tensors.
-            head = getattr(self.model.lm_head, "weight", None)
-            if head is not None and head.dim() == 2 and head.is_contiguous():
-                head.data = head.data.t().contiguous().t()
+            # batch-1 float32 GEMVs on all cores (gemv.py); same weights, same results
+            from pocketgpt.generate.gemv import use_split_gemv
+            use_split_gemv(self.model)
 
     # --- the two model calls ---------------------------------------------------------------------
     @torch.inference_mode()
