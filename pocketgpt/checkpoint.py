@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -81,8 +81,11 @@ def _fsync_dir(path: Path) -> None:
 
 def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Tokenizer, *,
                     step: int = 0, train_state: Optional[dict] = None, extra: Optional[dict] = None,
-                    keep_last: int = 1) -> Path:
-    """Write run_dir/name atomically, point LATEST at it, then drop older checkpoints beyond keep_last."""
+                    keep_last: int = 1, write_weights: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write run_dir/name atomically, point LATEST at it, then drop older checkpoints beyond keep_last.
+
+    `write_weights(folder)` replaces the default model.safetensors (a LoRA run writes only its adapter).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(run_dir, ".*.tmp")
@@ -91,10 +94,13 @@ def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Token
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~umask())                  # mkdtemp makes 0700; give the usual permissions
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        if model.config.tie_embeddings:
-            state.pop("lm_head.weight", None)             # one copy of the shared matrix
-        save_file(state, str(tmp / "model.safetensors"))
+        if write_weights is not None:
+            write_weights(tmp)
+        else:
+            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+            if model.config.tie_embeddings:
+                state.pop("lm_head.weight", None)         # one copy of the shared matrix
+            save_file(state, str(tmp / "model.safetensors"))
         meta = {"format": FORMAT, "version": VERSION, "step": step, "model": to_dict(model.config), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         tokenizer.save(tmp)
@@ -156,7 +162,11 @@ def read_meta(path: Path | str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Checkpoint:
-    """Rebuild model and tokenizer from a checkpoint (or run) folder alone."""
+    """Rebuild model and tokenizer from a checkpoint (or run) folder alone.
+
+    A fine-tuned classifier comes back as a GPTClassifier; a LoRA checkpoint (adapter only) loads its base
+    checkpoint first and applies the adapter, unmerged.
+    """
     ckpt = resolve(path)
     meta = read_meta(ckpt)
     cfg: ModelConfig = from_dict(ModelConfig, meta.pop("model"))
@@ -164,15 +174,30 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
     if tokenizer.n_vocab > cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.n_vocab} tokens but the model only {cfg.vocab_size}: "
                         f"the checkpoint mixes two vocabularies ({ckpt})")
-    model = GPT(cfg)
-    weights = ckpt / "model.safetensors"
+    if meta.get("adapter"):
+        model = _load_adapter_model(ckpt, cfg, meta)
+    else:
+        model = _build(cfg, meta)
+        _load_weights(model, ckpt / "model.safetensors", ckpt)
+    model.to(device).eval()
+    return Checkpoint(path=ckpt, model=model, tokenizer=tokenizer, meta=meta)
+
+
+def _build(cfg: ModelConfig, meta: dict) -> GPT:
+    if meta.get("task") == "classify":
+        from pocketgpt.finetune.classify import GPTClassifier
+        return GPTClassifier(cfg, len(meta["labels"]))
+    return GPT(cfg)
+
+
+def _load_weights(model: GPT, weights: Path, ckpt: Path) -> None:
     if not weights.exists():
-        raise UserError(f"checkpoint has no model.safetensors: {ckpt}")
+        raise UserError(f"checkpoint has no {weights.name}: {ckpt}")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint weights are truncated or corrupt: {weights} ({e})") from None
-    if cfg.tie_embeddings:
+    if model.config.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -184,8 +209,35 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
         if v.shape != expected[k].shape:
             raise UserError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
     model.load_state_dict(state)
-    model.to(device).eval()
-    return Checkpoint(path=ckpt, model=model, tokenizer=tokenizer, meta=meta)
+
+
+def _load_adapter_model(ckpt: Path, cfg: ModelConfig, meta: dict) -> GPT:
+    """Base checkpoint + (vocabulary grown for chat tokens) + (classifier head) + LoRA adapter, unmerged."""
+    from pocketgpt.finetune.lora import load_adapter
+    base_path = meta.get("base_checkpoint")
+    if not base_path or not Path(base_path).exists():
+        raise UserError(f"{ckpt} is a LoRA adapter; its base checkpoint {base_path!r} is missing")
+    model = load_checkpoint(base_path).model
+    if model.config.vocab_size < cfg.vocab_size:
+        model.resize_vocab(cfg.vocab_size)
+    if meta.get("task") == "classify":
+        from pocketgpt.finetune.classify import GPTClassifier
+        model = GPTClassifier.from_gpt(model, len(meta["labels"]))
+    load_adapter(model, ckpt)
+    return model
+
+
+def prepare_run_dir(out: Path | str, resume: bool) -> Optional[Path]:
+    """The checkpoint to resume from (None: start fresh); refuse to overwrite a run."""
+    out = Path(out)
+    has_run = (out / LATEST).exists()
+    if has_run and not resume:
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and has_run:
+        return resolve(out)
+    if resume:
+        print(f"resume: no checkpoint in {out} yet; starting from step 0")
+    return None
 
 
 def load_train_state(path: Path | str) -> Optional[dict]:

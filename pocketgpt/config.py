@@ -260,6 +260,63 @@ class TrainRun:
     """the optimisation loop"""
 
 
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021): W x + (alpha / rank) * B A x, with only A and B trained."""
+
+    rank: int = 0
+    """adapter rank; 0 turns LoRA off (full fine-tuning)"""
+    alpha: float = 16.0
+    """scale of the adapter's output is alpha / rank"""
+    dropout: float = 0.05
+    """dropout on the adapter's input"""
+    targets: str = "attn,mlp"
+    """comma-separated layers to adapt: attn (c_attn, c_proj), mlp (c_fc, c_proj)"""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.rank, int) and self.rank >= 0, f"lora.rank must be an integer >= 0, got {self.rank!r}")
+        _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+        parts = [t.strip() for t in self.targets.split(",") if t.strip()]
+        bad = [t for t in parts if t not in ("attn", "mlp")]
+        _check(parts and not bad, f"lora.targets must name attn and/or mlp, got {self.targets!r}")
+
+
+def _finetune_train() -> "TrainConfig":
+    return TrainConfig(max_steps=300, batch_size=16, lr=3e-4, warmup_steps=20, eval_every=100, save_every=100,
+                       weight_decay=0.0, samples=0)
+
+
+@dataclass
+class FinetuneRun:
+    """Everything `pocketgpt finetune` needs besides the base checkpoint."""
+
+    data: str = ""
+    """training data: text (task lm); JSONL chat / instruction / prompt-completion records (task chat);
+    CSV, TSV or JSONL with a text and a label column (task classify)"""
+    out: str = "runs/finetune"
+    """run folder: checkpoints (or adapters), metrics.jsonl, config.yaml, loss.png"""
+    task: Literal["lm", "chat", "classify"] = "lm"
+    """lm: continued pre-training; chat: loss on assistant answers only; classify: a classification head"""
+    text_column: str = "text"
+    """classify: the column (CSV/TSV header or JSON key) holding the text"""
+    label_column: str = "label"
+    """classify: the column holding the label"""
+    val_fraction: float = 0.1
+    """share of the examples held out for validation"""
+    overlong: Literal["crop", "drop"] = "crop"
+    """chat / classify: sequences longer than the context are cropped (keeping the start) or dropped"""
+    cache_dir: Optional[str] = None
+    """lm: where prepared token shards are cached; default: <out>/../.cache"""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """low-rank adapters (rank 0 = full fine-tuning)"""
+    train: TrainConfig = field(default_factory=_finetune_train)
+    """the optimisation loop (the same one pre-training uses)"""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_fraction <= 0.5, f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
+
+
 # --- presets: overrides on top of the defaults, applied before --config and flags ---------------
 PRESETS: dict[str, dict[str, Any]] = {
     # ~0.5M parameters: tests and smoke runs in seconds
@@ -272,8 +329,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quickstart": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
         "tokenizer": {"vocab_size": 4096},
-        "train": {"max_steps": 600, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "eval_every": 200,
-                  "save_every": 200, "eval_tokens": 32768},
+        "train": {"max_steps": 1000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "eval_every": 250,
+                  "save_every": 250, "eval_tokens": 32768},
     },
     # a stronger small model for a CPU (tens of minutes)
     "cpu-small": {
@@ -345,7 +402,8 @@ def from_dict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-_CONFIG_CLASSES = {c.__name__: c for c in (ModelConfig, TokenizerConfig, CorpusConfig, TrainConfig, SampleConfig)}
+_CONFIG_CLASSES = {c.__name__: c for c in (ModelConfig, TokenizerConfig, CorpusConfig, TrainConfig, SampleConfig,
+                                               LoRAConfig)}
 
 
 def _dataclass_type(annotation: Any) -> Optional[type]:

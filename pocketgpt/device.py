@@ -89,3 +89,15 @@ def set_threads(n: int = 0) -> int:
     if n > 0:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def setup_device(train_cfg, verbose: bool = True) -> tuple[torch.device, torch.dtype]:
+    """Device, compute precision and threads for a training run (TrainConfig), printed in one line."""
+    device = pick_device(train_cfg.device)
+    dtype = pick_dtype(train_cfg.dtype, device)
+    threads = set_threads(train_cfg.threads)
+    if verbose:
+        where = describe_cpu() if device.type == "cpu" else \
+            torch.cuda.get_device_name() if device.type == "cuda" else device.type
+        print(f"device: {device.type} · {where} · {threads} threads · {str(dtype).replace('torch.', '')}")
+    return device, dtype

@@ -17,13 +17,14 @@ from pocketgpt.errors import UserError
 def dispatch(ns) -> int:
     cmd = ns.command
     return {"train": cmd_train, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare, "generate": cmd_generate,
-            "eval": cmd_eval, "plot": cmd_plot, "convert": cmd_convert}[cmd](ns.get(cmd))
+            "eval": cmd_eval, "plot": cmd_plot, "convert": cmd_convert, "finetune": cmd_finetune,
+            "classify": cmd_classify, "merge": cmd_merge, "chat": cmd_chat}[cmd](ns.get(cmd))
 
 
 def cmd_train(ns) -> int:
-    from pocketgpt.cli.main import train_run_from_namespace
+    from pocketgpt.cli.main import run_from_namespace
     from pocketgpt.train.pretrain import pretrain
-    result = pretrain(train_run_from_namespace(ns), resume=bool(ns.resume))
+    result = pretrain(run_from_namespace(ns), resume=bool(ns.resume))
     return 0
 
 
@@ -142,3 +143,40 @@ def cmd_convert(ns) -> int:
     path = convert_from_hf(ns.from_hf, ns.out) if ns.from_hf else convert_to_hf(ns.to_hf, ns.out)
     print(f"wrote {path}")
     return 0
+
+
+def cmd_finetune(ns) -> int:
+    from pocketgpt.cli.main import run_from_namespace
+    from pocketgpt.config import FinetuneRun
+    from pocketgpt.finetune.run import finetune
+    finetune(ns.checkpoint, run_from_namespace(ns, FinetuneRun), resume=bool(ns.resume))
+    return 0
+
+
+def cmd_classify(ns) -> int:
+    from pocketgpt.finetune.classify import predict, read_column
+    if bool(ns.text) == bool(ns.data):
+        raise UserError("give --text TEXT (repeatable) or --data FILE, not both or neither")
+    ckpt, device = _load(ns)
+    labels = ckpt.meta.get("labels")
+    if ckpt.meta.get("task") != "classify" or not labels:
+        raise UserError(f"{ckpt.path} has no classification head: fine-tune it with --task classify first")
+    texts = list(ns.text) if ns.text else read_column(ns.data, ns.text_column)
+    for text, r in zip(texts, predict(ckpt.model, ckpt.tokenizer, texts, labels, device=device)):
+        if ns.json:
+            print(json.dumps({"text": text, **r}, ensure_ascii=False))
+        else:
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probs"].items())
+            print(f"{r['label']}\t({probs})\t{text}")
+    return 0
+
+
+def cmd_merge(ns) -> int:
+    from pocketgpt.finetune.merge import merge_checkpoint
+    print(f"wrote {merge_checkpoint(ns.checkpoint, ns.adapter, ns.out)}")
+    return 0
+
+
+def cmd_chat(ns) -> int:
+    from pocketgpt.cli.chat import run_chat
+    return run_chat(ns)

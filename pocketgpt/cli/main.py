@@ -16,7 +16,7 @@ import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from pocketgpt.cli.fields import add_dataclass_flags
-from pocketgpt.config import (CorpusConfig, SampleConfig, TokenizerConfig, TrainRun, from_dict,
+from pocketgpt.config import (CorpusConfig, FinetuneRun, SampleConfig, TokenizerConfig, TrainRun, from_dict,
                               get_preset, preset_names)
 from pocketgpt.errors import UserError
 
@@ -45,6 +45,24 @@ def _scan(argv: list[str], flag: str) -> Optional[str]:
     return None
 
 
+def _run_defaults(p: ArgumentParser, argv: list[str], presets: bool) -> None:
+    """Defaults below flags: a preset, or (with --resume) the run's own saved config.yaml."""
+    base: dict = {}
+    preset = _scan(argv, "--preset") if presets else None
+    if preset:
+        base.update(_flatten(get_preset(preset)))
+    out = _scan(argv, "--out")
+    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.yaml")):
+        import yaml
+        with open(os.path.join(out, "config.yaml")) as f:
+            saved = _flatten(yaml.safe_load(f) or {})
+        for key in ("model.vocab_size", "checkpoint"):     # set from the tokenizer / given on the command line
+            saved.pop(key, None)
+        base.update(saved)
+    if base:
+        p.set_defaults({k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+
+
 def train_parser(argv: list[str]) -> ArgumentParser:
     p = ArgumentParser(prog="pocketgpt train", exit_on_error=False,
                        description="Pre-train a GPT on raw text (the built-in corpus when --data is omitted).")
@@ -53,19 +71,19 @@ def train_parser(argv: list[str]) -> ArgumentParser:
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_class_arguments(TrainRun, None)
-    base: dict = {}
-    preset = _scan(argv, "--preset")
-    if preset:
-        base.update(_flatten(get_preset(preset)))
-    out = _scan(argv, "--out")
-    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.yaml")):
-        import yaml
-        with open(os.path.join(out, "config.yaml")) as f:
-            saved = _flatten(yaml.safe_load(f) or {})
-        saved.pop("model.vocab_size", None)             # set from the tokenizer
-        base.update(saved)
-    if base:
-        p.set_defaults({k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+    _run_defaults(p, argv, presets=True)
+    return p
+
+
+def finetune_parser(argv: list[str]) -> ArgumentParser:
+    p = ArgumentParser(prog="pocketgpt finetune", exit_on_error=False,
+                       description="Adapt a checkpoint to a task: continued LM, chat (loss on answers only) or "
+                                   "classification, fully or with LoRA.")
+    p.add_argument("checkpoint", help="the checkpoint (or run folder) to start from")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_class_arguments(FinetuneRun, None)
+    _run_defaults(p, argv, presets=False)
     return p
 
 
@@ -75,6 +93,31 @@ def build_parser(argv: list[str]) -> ArgumentParser:
 
     sub.add_subcommand("train", train_parser(argv[1:] if argv and argv[0] == "train" else []),
                        help="pre-train a GPT on raw text")
+
+    sub.add_subcommand("finetune", finetune_parser(argv[1:] if argv and argv[0] == "finetune" else []),
+                       help="fine-tune a checkpoint: --task lm | chat | classify, optionally with LoRA")
+
+    cl = ArgumentParser(exit_on_error=False, description="Label texts with a fine-tuned classifier.")
+    cl.add_argument("checkpoint", help="a checkpoint fine-tuned with --task classify")
+    cl.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    cl.add_argument("--data", type=Optional[str], default=None,
+                    help="a CSV/TSV/JSONL file to classify (its text column)")
+    cl.add_argument("--text-column", "--text_column", dest="text_column", type=str, default="text",
+                    help="the text column of --data")
+    cl.add_argument("--json", action="store_true", help="print one JSON object per text")
+    cl.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    sub.add_subcommand("classify", cl, help="classify texts with a fine-tuned checkpoint")
+
+    mg = ArgumentParser(exit_on_error=False, description="Fold a LoRA adapter into its base weights.")
+    mg.add_argument("checkpoint", help="the base checkpoint the adapter was trained on")
+    mg.add_argument("adapter", help="the LoRA run or checkpoint folder (adapter.safetensors)")
+    mg.add_argument("out", help="folder to write the merged, plain checkpoint into")
+    sub.add_subcommand("merge", mg, help="merge a LoRA adapter into a plain checkpoint")
+
+    from pocketgpt.cli.chat import add_chat_arguments
+    ch = ArgumentParser(exit_on_error=False, description="Talk to a chat-tuned checkpoint in the terminal.")
+    add_chat_arguments(ch)
+    sub.add_subcommand("chat", ch, help="a terminal chat with a checkpoint fine-tuned for chat")
 
     tok = ArgumentParser(exit_on_error=False, description="Train, or use, a tokenizer.")
     sub.add_subcommand("tokenizer", tok, help="train a tokenizer, encode or decode text")
@@ -179,13 +222,13 @@ def _main(argv: list[str]) -> int:
         return 0
 
 
-def train_run_from_namespace(ns) -> TrainRun:
+def run_from_namespace(ns, cls=TrainRun):
+    """The TrainRun / FinetuneRun dataclass from parsed flags (checks in __post_init__ run here)."""
     d = ns.as_dict()
-    for k in ("preset", "config", "resume", "command", "__path__"):
+    for k in ("preset", "config", "resume", "command", "checkpoint", "__path__"):
         d.pop(k, None)
-    d.get("corpus", {}).pop("__path__", None)
-    return from_dict(TrainRun, {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v)
-                                for k, v in d.items()})
+    return from_dict(cls, {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v)
+                           for k, v in d.items()})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -61,15 +61,30 @@ class TextGenerator:
         self.tokenizer = tokenizer
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        ids = [self.tokenizer.eot_id] + self.tokenizer.encode(prompt)
-        context, cropped = crop_prompt(ids, self.engine.cfg.block_size)
+        """<|endoftext|> + the prompt's ids, cropped to the context (keeping the end) with a warning."""
+        return self._fit([self.tokenizer.eot_id] + self.tokenizer.encode(prompt))
+
+    def _fit(self, ids: list[int]) -> list[int]:
+        context, cropped = crop_prompt(list(ids), self.engine.cfg.block_size)
         if cropped:
             warnings.warn(f"prompt has {len(ids)} tokens, more than the context of {self.engine.cfg.block_size} "
-                          f"allows; keeping the last {len(context)}", stacklevel=3)
+                          f"allows; keeping the last {len(context)}", stacklevel=4)
         return context
 
     def complete(self, prompts: list[str], sample: SampleConfig) -> list[list[TextCompletion]]:
         """`sample.num_samples` completions per prompt (the best beams with beam search)."""
+        return self.complete_ids_batch([self.encode_prompt(p) for p in prompts], sample, [self.tokenizer.eot_id])
+
+    def complete_ids(self, prompt_ids: list[int], sample: SampleConfig, stop_ids: Iterable[int]) -> TextCompletion:
+        """The one completion of a prompt given as token ids (a chat template's); num_samples must be 1."""
+        if sample.num_samples != 1:
+            raise ValueError(f"complete_ids returns one completion: use num_samples=1 (got {sample.num_samples}) "
+                             "or complete_ids_batch")
+        return self.complete_ids_batch([prompt_ids], sample, stop_ids)[0][0]
+
+    def complete_ids_batch(self, prompts: list[list[int]], sample: SampleConfig,
+                           stop_ids: Iterable[int]) -> list[list[TextCompletion]]:
+        """`complete` for prompts given as token ids, ended by any of `stop_ids` (never part of the text)."""
         tok = self.tokenizer
         matcher = StopMatcher(sample.stop)
         buffers: dict[int, bytearray] = {}
@@ -80,7 +95,7 @@ class TextGenerator:
             buf += tok.decode_bytes(tokens[-1:])
             return matcher.find(bytes(buf), before) >= 0
 
-        results = self.engine.generate([self.encode_prompt(p) for p in prompts], sample, stop_ids=[tok.eot_id],
+        results = self.engine.generate([self._fit(p) for p in prompts], sample, stop_ids=list(stop_ids),
                                        should_stop=should_stop if sample.stop else None)
         return [[self._finish(c, matcher) for c in row] for row in results]
 
@@ -95,11 +110,16 @@ class TextGenerator:
 
     def stream(self, prompt: str, sample: SampleConfig) -> Iterator[str]:
         """Yield pieces of text as soon as they are whole characters and cannot start a stop string."""
+        yield from self.stream_ids(self.encode_prompt(prompt), sample, [self.tokenizer.eot_id])
+
+    def stream_ids(self, prompt_ids: list[int], sample: SampleConfig, stop_ids: Iterable[int]) -> Iterator[str]:
+        """`stream` for a prompt given as token ids, ended by any of `stop_ids` (never part of the text)."""
         tok = self.tokenizer
+        prompt_ids, stop_ids = self._fit(prompt_ids), list(stop_ids)
         matcher = StopMatcher(sample.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         buf, sent = bytearray(), 0                       # sent: bytes of buf already handed to the decoder
-        for t in self.engine.stream(self.encode_prompt(prompt), sample, stop_ids=[tok.eot_id]):
+        for t in self.engine.stream(prompt_ids, sample, stop_ids=stop_ids):
             before = len(buf)
             buf += tok.decode_bytes([t])
             cut = matcher.find(bytes(buf), before) if matcher.stops else -1

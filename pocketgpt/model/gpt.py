@@ -20,6 +20,7 @@ interop is a short rename table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -173,6 +174,26 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def resize_vocab(self, n: int) -> None:
+        """Grow the vocabulary to n tokens (new special tokens); new rows start at the mean embedding."""
+        old = self.transformer.wte.weight
+        V, C = old.shape
+        if n <= V:
+            return
+        with torch.no_grad():
+            wte = nn.Embedding(n, C).to(old.device, old.dtype)
+            wte.weight[:V] = old
+            wte.weight[V:] = old.mean(dim=0)
+            self.transformer.wte = wte
+            head = nn.Linear(C, n, bias=False).to(old.device, old.dtype)
+            if self.config.tie_embeddings:
+                head.weight = wte.weight
+            else:
+                head.weight[:V] = self.lm_head.weight
+                head.weight[V:] = 0.0
+            self.lm_head = head
+        self.config = dataclasses.replace(self.config, vocab_size=n)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

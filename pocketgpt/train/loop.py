@@ -1,6 +1,7 @@
 """ONE training loop for pre-training and fine-tuning.
 
-The loop knows a model whose forward(x, y) returns (logits, loss), a `batches.get(step, micro)` source,
+The loop knows a model whose forward(*batch) returns (logits, loss), a `batches.get(step, micro)` source
+(a tuple, (x, y) for language modelling) with a `block_size`,
 an `evaluate()` callback and a run folder. Pre-training and fine-tuning differ only in those (the data
 iterator and the loss mask), never in a copied loop. It does: warmup + decay schedule, gradient
 accumulation, bf16 autocast where native, clipping, periodic evaluation, atomic checkpoints with the
@@ -109,7 +110,7 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
         set_rng_state(resume_state["rng"])
         step = int(resume_state["step"])
     _truncate_metrics(metrics_path, step)          # forget lines from after the checkpoint (or from a dead run)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size   # an upper bound with padding
     model.train()
     compiled = torch.compile(model) if cfg.compile else model
 
@@ -136,9 +137,9 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                x, y = batches.get(step, micro)
+                batch = batches.get(step, micro)                   # (x, y) for language modelling; more for others
                 with autocast(device, dtype):
-                    _, loss = compiled(x, y)
+                    _, loss = compiled(*batch)
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
             if not math.isfinite(loss_sum):

@@ -17,13 +17,14 @@ from typing import Optional
 import torch
 import yaml
 
-from pocketgpt.checkpoint import LATEST, load_checkpoint, load_tokenizer, load_train_state, resolve, save_checkpoint
+from pocketgpt.checkpoint import (load_checkpoint, load_tokenizer, load_train_state, prepare_run_dir,
+                                  save_checkpoint)
 from pocketgpt.fileio import atomic_write
 from pocketgpt.config import TrainRun, to_dict
 from pocketgpt.data.corpus import corpus_fingerprint, iter_documents, split_documents
 from pocketgpt.data.loader import TokenBatches
 from pocketgpt.data.prepare import check_size, prepare
-from pocketgpt.device import describe_cpu, pick_device, pick_dtype, set_threads
+from pocketgpt.device import setup_device
 from pocketgpt.errors import UserError
 from pocketgpt.evaluate import evaluate_tokens
 from pocketgpt.model import GPT
@@ -61,18 +62,6 @@ def load_or_train_tokenizer(run: TrainRun, train_docs=None, verbose: bool = True
     return tok
 
 
-def _check_out_dir(out: Path, resume: bool) -> Optional[Path]:
-    """The checkpoint to resume from (None: start fresh); refuse to overwrite a run."""
-    has_run = (out / LATEST).exists()
-    if has_run and not resume:
-        raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    if resume and has_run:
-        return resolve(out)
-    if resume:
-        print(f"resume: no checkpoint in {out} yet; starting from step 0")
-    return None
-
-
 def peak_flops_estimate(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
     """Measured matmul throughput (FLOP/s) on this device and precision: the denominator of MFU."""
     import time
@@ -89,13 +78,8 @@ def peak_flops_estimate(device: torch.device, dtype: torch.dtype, n: int = 1024)
 
 def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopResult:
     out = Path(run.out)
-    resume_from = _check_out_dir(out, resume)
-    device = pick_device(run.train.device)
-    dtype = pick_dtype(run.train.dtype, device)
-    threads = set_threads(run.train.threads)
-    if verbose:
-        where = describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name() if device.type == "cuda" else "mps"
-        print(f"device: {device.type} · {where} · {threads} threads · {str(dtype).replace('torch.', '')}")
+    resume_from = prepare_run_dir(out, resume)
+    device, dtype = setup_device(run.train, verbose)
 
     c = run.corpus
     docs = None

@@ -1,0 +1,179 @@
+"""Fine-tuning a checkpoint for a task, on the same training loop as pre-training.
+
+`finetune(checkpoint, run)` is what `pocketgpt finetune` calls. A task supplies three things and nothing else
+differs from pre-training: the model to train (the GPT, or a GPT with a classification head), the batches
+(`get(step, micro)` tuples the model takes), and the validation metrics.
+- lm: continued pre-training on domain text (token shards, as `pocketgpt train` prepares them).
+- chat: conversations rendered with the chat template; the loss counts only assistant tokens and their <|end|>.
+- classify: a classification head on the last non-padding token; accuracy and macro-F1 on validation.
+With LoRA (run.lora.rank > 0) only the adapters (and a classifier head / new token rows) train, and checkpoints
+hold only those: they load their base checkpoint by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from pocketgpt.checkpoint import load_checkpoint, load_train_state, prepare_run_dir, resolve, save_checkpoint
+from pocketgpt.config import FinetuneRun, to_dict
+from pocketgpt.device import setup_device
+from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_write
+from pocketgpt.plot import plot_run
+from pocketgpt.train.loop import LoopResult, train_loop
+
+
+@dataclasses.dataclass
+class Task:
+    model: torch.nn.Module
+    tokenizer: object
+    batches: object
+    evaluate: Callable[[], dict]
+    meta: dict                              # what the checkpoint must remember (labels, chat template)
+    extra_trainable: list[str]              # parameter names that train even under LoRA
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic shuffle of n examples into train and validation indices (validation >= 1)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 1:
+        raise UserError(f"too few examples to hold out a validation set: {n}")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path) -> Task:
+    from pocketgpt.data.loader import TokenBatches
+    from pocketgpt.data.prepare import check_size, prepare
+    from pocketgpt.evaluate import evaluate_tokens
+    data = prepare(run.data, tokenizer, cache_dir, val_fraction=run.val_fraction,
+                   extensions=(".txt", ".md", ".rst", ".py", ".jsonl", ".json", ".html", ".tex", ".csv", ".tsv"))
+    check_size(data, model.config.block_size)
+    batches = TokenBatches(data.shards("train"), model.config.block_size, run.train.batch_size,
+                           seed=run.train.seed, device=device)
+    val, token_bytes = data.tokens("val"), tokenizer.token_byte_lengths()
+
+    def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
+        r = evaluate_tokens(model, val, token_bytes, batch_size=run.train.batch_size, max_tokens=max_tokens,
+                            device=device, dtype=dtype)
+        return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
+    return Task(model, tokenizer, batches, evaluate, {}, [])
+
+
+def chat_task(run: FinetuneRun, model, tokenizer, device, dtype) -> Task:
+    from pocketgpt.data import sft
+    from pocketgpt.tokenizer import chat
+    tokenizer = tokenizer.with_chat_specials()
+    extra = []
+    if tokenizer.n_vocab > model.config.vocab_size:                 # e.g. GPT-2's vocabulary: add the role tokens
+        print(f"chat: adding {tokenizer.n_vocab - model.config.vocab_size} chat tokens to the vocabulary")
+        model.resize_vocab(tokenizer.n_vocab)
+        extra = ["transformer.wte.weight"] + ([] if model.config.tie_embeddings else ["lm_head.weight"])
+    convs = sft.load_chat_records(run.data)
+    examples, stats = sft.encode_chats(convs, tokenizer, model.config.block_size, run.overlong)
+    print(f"chat: {stats['examples']} conversations, {stats['answer_tokens']:,} answer tokens; "
+          f"{stats['cropped']} cropped and {stats['dropped']} dropped for the context of {model.config.block_size}")
+    tr, va = _split(len(examples), run.val_fraction, run.train.seed)
+    batches = sft.SFTBatches([examples[i] for i in tr], run.train.batch_size, model.config.block_size,
+                             seed=run.train.seed, device=device)
+    val = [examples[i] for i in va]
+
+    def evaluate() -> dict:
+        r = sft.answer_loss(model, val, batch_size=run.train.batch_size, device=device, dtype=dtype)
+        return {k: float(v) for k, v in r.items() if k == "val_answer_loss"}
+    return Task(model, tokenizer, batches, evaluate, {"chat_template": chat.TEMPLATE}, extra)
+
+
+def classify_task(run: FinetuneRun, model, tokenizer, device, dtype) -> Task:
+    from pocketgpt.finetune import classify as C
+    texts, labels = C.read_labelled(run.data, run.text_column, run.label_column)
+    names = C.label_set(labels)
+    encoded, kept, stats = C.encode_texts(texts, tokenizer, model.config.block_size, run.overlong)
+    label_ids = [names.index(labels[i]) for i in kept]
+    print(f"classify: {len(encoded)} examples, labels {names}; {stats.get('cropped', 0)} cropped, "
+          f"{stats.get('dropped', 0)} dropped")
+    tr, va = _split(len(encoded), run.val_fraction, run.train.seed)
+    clf = C.GPTClassifier.from_gpt(model, len(names))
+    batches = C.ClassifyBatches([encoded[i] for i in tr], [label_ids[i] for i in tr], run.train.batch_size,
+                                model.config.block_size, tokenizer.eot_id, seed=run.train.seed, device=device)
+    val_x, val_y = [encoded[i] for i in va], [label_ids[i] for i in va]
+
+    def evaluate() -> dict:
+        return C.classify_metrics(clf, val_x, val_y, len(names), batch_size=run.train.batch_size, device=device,
+                                  dtype=dtype)
+    return Task(clf, tokenizer, batches, evaluate, {"labels": names}, ["score.weight"])
+
+
+def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, verbose: bool = True) -> LoopResult:
+    if not run.data:
+        raise UserError("finetune needs --data FILE")
+    if not Path(run.data).exists() and not any(ch in run.data for ch in "*?["):
+        raise UserError(f"data not found: {run.data}")
+    out = Path(run.out)
+    base_path = resolve(checkpoint).resolve()
+    resume_from = prepare_run_dir(out, resume)
+    device, dtype = setup_device(run.train, verbose)
+    base = load_checkpoint(base_path)
+    if base.meta.get("task") == "classify" or base.meta.get("adapter"):
+        raise UserError(f"fine-tune from a plain language-model checkpoint (or merge the adapter first): {base_path}")
+    torch.manual_seed(run.train.seed)
+    model, tokenizer = base.model, base.tokenizer
+    if run.task == "lm":
+        cache = Path(run.cache_dir) if run.cache_dir else out.resolve().parent / ".cache"
+        task = lm_task(run, model, tokenizer, device, dtype, cache)
+    elif run.task == "chat":
+        task = chat_task(run, model, tokenizer, device, dtype)
+    else:
+        task = classify_task(run, model, tokenizer, device, dtype)
+    model = task.model
+    meta = {"task": run.task, "base_checkpoint": str(base_path), **task.meta}
+    lora = run.lora.rank > 0
+    if lora:
+        from pocketgpt.finetune.lora import apply_lora
+        apply_lora(model, run.lora)
+        for name, p in model.named_parameters():
+            if name in task.extra_trainable:
+                p.requires_grad_(True)
+    model.to(device)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if verbose:
+        print(f"finetune: task {run.task} · {'LoRA rank %d' % run.lora.rank if lora else 'full'} · "
+              f"{n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters train")
+
+    resume_state = None
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from).model
+        model.load_state_dict(saved.state_dict(), strict=True)
+        resume_state = load_train_state(resume_from)
+        if resume_state is None:
+            raise UserError(f"cannot resume: {resume_from} holds weights but no training state (train_state.pt)")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", yaml.safe_dump({"checkpoint": str(base_path), **to_dict(run)}, sort_keys=False))
+
+    def save(name: str, step: int, state: dict) -> None:
+        extra = {**meta, "trainable_parameters": n_train}
+        writer = None
+        if lora:
+            from pocketgpt.finetune.lora import save_adapter
+            extra_tensors = {n: p.detach() for n, p in model.named_parameters() if n in task.extra_trainable}
+            extra.update(adapter=True, lora=dataclasses.asdict(run.lora))
+            writer = lambda d: save_adapter(d, model, run.lora, extra_tensors=extra_tensors, meta=meta)  # noqa: E731
+        save_checkpoint(out, name, model, task.tokenizer, step=step, train_state=state, extra=extra,
+                        write_weights=writer)
+
+    result = train_loop(model, task.batches, run.train, out, save=save, evaluate=task.evaluate,
+                        resume_state=resume_state, device=device, dtype=dtype)
+    if not result.interrupted:
+        atomic_write(out / "final.json", json.dumps({"step": result.step, **result.last_eval,
+                                                     "trainable_parameters": n_train}, indent=2))
+    plot_run(out)
+    if verbose and result.interrupted:
+        print(f"stopped at step {result.step}; checkpoint saved. Continue with --resume")
+    return result
