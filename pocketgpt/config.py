@@ -329,8 +329,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quickstart": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
         "tokenizer": {"vocab_size": 4096},
-        "train": {"max_steps": 1000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "eval_every": 250,
-                  "save_every": 250, "eval_tokens": 32768},
+        "train": {"max_steps": 700, "batch_size": 16, "lr": 2e-3, "warmup_steps": 50, "eval_every": 350,
+                  "save_every": 350, "eval_tokens": 32768},
     },
     # a stronger small model for a CPU (tens of minutes)
     "cpu-small": {
