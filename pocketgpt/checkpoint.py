@@ -199,16 +199,20 @@ def _load_weights(model: GPT, weights: Path, ckpt: Path) -> None:
         raise UserError(f"checkpoint weights are truncated or corrupt: {weights} ({e})") from None
     if model.config.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise UserError(f"checkpoint weights do not match its config ({ckpt}): "
-                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise UserError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
+    check_tensors(model.state_dict(), state, required=set(model.state_dict()),
+                  problem=f"checkpoint weights do not match its config ({ckpt})")
     model.load_state_dict(state)
+
+
+def check_tensors(own: dict, given: dict, *, required: set, problem: str) -> None:
+    """`given` must hold every `required` key, no key the model lacks, and the model's shapes; else one UserError."""
+    missing = sorted(required - set(given))
+    unexpected = sorted(set(given) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{problem}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in given.items():
+        if v.shape != own[k].shape:
+            raise UserError(f"{problem}: {k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}")
 
 
 def _load_adapter_model(ckpt: Path, cfg: ModelConfig, meta: dict) -> GPT:

@@ -63,27 +63,22 @@ def _run_defaults(p: ArgumentParser, argv: list[str], presets: bool) -> None:
         p.set_defaults({k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
 
 
-def train_parser(argv: list[str]) -> ArgumentParser:
-    p = ArgumentParser(prog="pocketgpt train", exit_on_error=False,
-                       description="Pre-train a GPT on raw text (the built-in corpus when --data is omitted).")
-    p.add_argument("--preset", type=Optional[str], default=None,
-                   help=f"start from a named preset: {', '.join(preset_names())} (then --config, then flags)")
+def run_parser(command: str, argv: list[str]) -> ArgumentParser:
+    """The parser of a command that runs the training loop: `train` (TrainRun) or `finetune` (FinetuneRun)."""
+    train = command == "train"
+    p = ArgumentParser(prog=f"pocketgpt {command}", exit_on_error=False, description=(
+        "Pre-train a GPT on raw text (the built-in corpus when --data is omitted)." if train else
+        "Adapt a checkpoint to a task: continued LM, chat (loss on answers only) or classification, fully or "
+        "with LoRA."))
+    if train:
+        p.add_argument("--preset", type=Optional[str], default=None,
+                       help=f"start from a named preset: {', '.join(preset_names())} (then --config, then flags)")
+    else:
+        p.add_argument("checkpoint", help="the checkpoint (or run folder) to start from")
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_class_arguments(TrainRun, None)
-    _run_defaults(p, argv, presets=True)
-    return p
-
-
-def finetune_parser(argv: list[str]) -> ArgumentParser:
-    p = ArgumentParser(prog="pocketgpt finetune", exit_on_error=False,
-                       description="Adapt a checkpoint to a task: continued LM, chat (loss on answers only) or "
-                                   "classification, fully or with LoRA.")
-    p.add_argument("checkpoint", help="the checkpoint (or run folder) to start from")
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_class_arguments(FinetuneRun, None)
-    _run_defaults(p, argv, presets=False)
+    p.add_class_arguments(TrainRun if train else FinetuneRun, None)
+    _run_defaults(p, argv if argv and argv[0] == command else [], presets=train)
     return p
 
 
@@ -91,10 +86,9 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     root = ArgumentParser(prog="pocketgpt", description=DESCRIPTION, exit_on_error=False)
     sub = root.add_subcommands(dest="command", required=True)
 
-    sub.add_subcommand("train", train_parser(argv[1:] if argv and argv[0] == "train" else []),
-                       help="pre-train a GPT on raw text")
+    sub.add_subcommand("train", run_parser("train", argv), help="pre-train a GPT on raw text")
 
-    sub.add_subcommand("finetune", finetune_parser(argv[1:] if argv and argv[0] == "finetune" else []),
+    sub.add_subcommand("finetune", run_parser("finetune", argv),
                        help="fine-tune a checkpoint: --task lm | chat | classify, optionally with LoRA")
 
     cl = ArgumentParser(exit_on_error=False, description="Label texts with a fine-tuned classifier.")

@@ -207,15 +207,8 @@ def load_adapter(model: nn.Module, directory: Path | str) -> LoRAConfig:
             apply_lora(model, cfg)
         except UserError as e:
             raise UserError(f"adapter does not match this checkpoint: {e}") from None
-    own = model.state_dict()
-    missing = sorted(set(lora_state_dict(model)) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise UserError(f"adapter does not match this checkpoint: missing {missing[:3]}, unexpected {unexpected[:3]} "
-                        f"({directory})")
-    for k, v in tensors.items():
-        if v.shape != own[k].shape:
-            raise UserError(f"adapter does not match this checkpoint: {k} has shape {tuple(v.shape)}, "
-                            f"the model's is {tuple(own[k].shape)}")
+    from pocketgpt.checkpoint import check_tensors
+    check_tensors(model.state_dict(), tensors, required=set(lora_state_dict(model)),
+                  problem=f"adapter does not match this checkpoint ({directory})")
     model.load_state_dict(tensors, strict=False)
     return cfg
