@@ -81,7 +81,7 @@ def main() -> None:
                 same = [r[0].tokens for r in eng.generate(prompt.tolist(), sample)] == hf_ids
                 bound = bw / weight_bytes_per_token(ours, 4 if dtype == torch.float32 else 2)
                 rows.append((shape, B, pname, B * N / t, B * N / t_hf, bound if B == 1 else None, same))
-                del eng
+
     print(f"{'shape':6s} {'batch':>5s} {'precision':9s} {'pocketgpt tok/s':>15s} {'HF fp32 tok/s':>13s} "
           f"{'ratio':>6s} {'bound tok/s':>11s} {'of bound':>8s}  same tokens as HF")
     for shape, B, p, ours_s, hf_s, bound, same in rows:

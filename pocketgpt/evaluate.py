@@ -9,7 +9,6 @@ The text is cut into non-overlapping windows of block_size targets; the last win
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import inspect
 import typing
-from typing import Optional
 
 from jsonargparse import ArgumentParser
 

@@ -15,7 +15,6 @@ What does not live here: attention itself (gpt.py applies the rotation with `app
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
