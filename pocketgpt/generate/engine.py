@@ -187,7 +187,8 @@ class Engine:
                     r.out.finish_reason = "length"
                     finished.append(a)
             if finished:
-                keep = [a for a in range(len(active)) if a not in set(finished)]
+                done = set(finished)
+                keep = [a for a in range(len(active)) if a not in done]
                 if not keep:
                     break
                 active = [active[a] for a in keep]
