@@ -18,7 +18,7 @@ def dispatch(ns) -> int:
     cmd = ns.command
     return {"train": cmd_train, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare, "generate": cmd_generate,
             "eval": cmd_eval, "plot": cmd_plot, "convert": cmd_convert, "finetune": cmd_finetune,
-            "classify": cmd_classify, "merge": cmd_merge, "chat": cmd_chat}[cmd](ns.get(cmd))
+            "classify": cmd_classify, "merge": cmd_merge, "chat": cmd_chat, "serve": cmd_serve}[cmd](ns.get(cmd))
 
 
 def cmd_train(ns) -> int:
@@ -180,3 +180,20 @@ def cmd_merge(ns) -> int:
 def cmd_chat(ns) -> int:
     from pocketgpt.cli.chat import run_chat
     return run_chat(ns)
+
+
+def cmd_serve(ns) -> int:
+    try:
+        from pocketgpt.serve.app import serve
+    except ImportError as e:
+        raise UserError(f"serving needs the [serve] extra: pip install 'pocketgpt[serve]' ({e})") from None
+    from pocketgpt.serve.protocol import ServeLimits
+    if ns.dtype not in ("auto", "float32", "bfloat16"):
+        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {ns.dtype!r}")
+    if not 0 <= ns.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {ns.port}")
+    limits = ServeLimits(max_batch=ns.max_batch, max_queue=ns.max_queue, max_tokens=ns.max_tokens,
+                         max_prompt_tokens=ns.max_prompt_tokens)
+    serve(ns.checkpoint, ns.host, ns.port, api_key=ns.api_key, limits=limits, model_name=ns.model_name,
+          device=ns.device, dtype=ns.dtype)
+    return 0

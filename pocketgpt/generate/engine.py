@@ -80,14 +80,14 @@ class Engine:
             cache.set_padding(pad)
             pos = (torch.arange(L)[None, :] - pad[:, None]).clamp(min=0).to(self.device)   # (B, L)
         h = self.model.hidden(idx.to(self.device), kv_cache=cache, pos=pos)                   # (B, L, C)
-        return cache, self.model.lm_head(h[:, -1]).float()                                      # (B, V)
+        return cache, self.model.lm_head(h[:, -1]).float().cpu()     # (B, V) on the CPU, where sampling runs
 
     @torch.inference_mode()
     def decode(self, cache: KVCache, tokens: torch.Tensor, positions: Optional[torch.Tensor]) -> torch.Tensor:
         """Feed one token per row, (B,), at per-row positions (B,) or the cache's; return logits (B, V)."""
         pos = positions[:, None].to(self.device) if positions is not None else None
         h = self.model.hidden(tokens[:, None].to(self.device), kv_cache=cache, pos=pos)       # (B, 1, C)
-        return self.model.lm_head(h[:, -1]).float()
+        return self.model.lm_head(h[:, -1]).float().cpu()
 
     # --- sampling ----------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], sample: SampleConfig, *, stop_ids: Iterable[int] = (),

@@ -25,7 +25,8 @@ CKPT_FILES = {"model.safetensors", "config.json", "pocketgpt_tokenizer.json", "t
 
 
 @pytest.mark.parametrize("cmd", [[], ["train"], ["tokenizer"], ["tokenizer", "train"], ["tokenizer", "encode"],
-                                 ["tokenizer", "decode"], ["prepare"], ["generate"], ["eval"], ["plot"]],
+                                 ["tokenizer", "decode"], ["prepare"], ["generate"], ["eval"], ["plot"],
+                                 ["convert"], ["finetune"], ["classify"], ["merge"], ["chat"], ["serve"]],
                          ids=lambda c: " ".join(c) or "root")
 def test_help(cli, cmd):
     code, out, err = cli(*cmd, "--help")

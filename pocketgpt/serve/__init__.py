@@ -1,0 +1,18 @@
+"""Serving: an OpenAI-compatible HTTP API over the continuous-batching scheduler (FastAPI + uvicorn, the [serve] extra).
+
+`create_app(checkpoint)` returns the ASGI app; `serve(checkpoint, host, port)` runs it (both in app.py, imported
+on first use so that `import pocketgpt.serve` works without the extra). The app is a leaf: it parses, calls the
+scheduler (generate/scheduler.py) and formats; the model, sampling and chat template live elsewhere.
+"""
+
+from pocketgpt.serve.protocol import APIError, ServeLimits
+
+
+def __getattr__(name: str):
+    if name in ("create_app", "serve"):
+        from pocketgpt.serve import app
+        return getattr(app, name)
+    raise AttributeError(f"module 'pocketgpt.serve' has no attribute {name!r}")
+
+
+__all__ = ["create_app", "serve", "ServeLimits", "APIError"]

@@ -1,0 +1,334 @@
+"""The HTTP API: OpenAI-compatible completions and chat on FastAPI, streamed as server-sent events.
+
+`create_app(checkpoint)` builds the app around one continuous-batching Scheduler (generate/scheduler.py);
+`serve(checkpoint, host, port)` runs it with uvicorn. Routes: GET /health, GET /v1/models, POST /v1/completions,
+POST /v1/chat/completions. Each request is parsed (protocol.py), submitted to the scheduler, and its tokens
+formatted (output.py); nothing here does math, and no endpoint reads or writes a file a request names.
+Errors are OpenAI error objects: 400 bad parameter or prompt too long, 401 missing / wrong key (with an api_key),
+404 unknown model or route, 413 body too large, 429 queue full, 503 shutting down; framework validation errors
+become 400 and a malformed request never yields a 5xx. A client that disconnects cancels its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import warnings
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
+
+from pocketgpt.checkpoint import Checkpoint, load_checkpoint
+from pocketgpt.generate.engine import Engine
+from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed
+from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usage
+from pocketgpt.serve.protocol import APIError, Job, ServeLimits, bad, parse_job
+
+DRAIN_BYTES = 16 << 20          # an oversized body is read (and dropped) up to this, so the client sees the 413
+
+
+def model_id(ckpt: Checkpoint) -> str:
+    """The name /v1/models lists: the run folder's name for a ckpt-* folder, else the folder's own."""
+    p = Path(ckpt.path)
+    return p.parent.name if p.name.startswith("ckpt-") and p.parent.name else p.name
+
+
+class Served:
+    """What the routes share: the tokenizer, the scheduler, the model's name, the limits and the key."""
+
+    def __init__(self, ckpt: Checkpoint, scheduler: Scheduler, limits: ServeLimits, api_key: Optional[str],
+                 name: str):
+        self.tokenizer, self.scheduler, self.limits, self.name = ckpt.tokenizer, scheduler, limits, name
+        self.template = ckpt.meta.get("chat_template")
+        self.block_size = scheduler.cfg.block_size
+        self._key = api_key.encode() if api_key else None
+
+    def check_key(self, request: Request) -> None:
+        if self._key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise APIError(401, "You didn't provide an API key: send the header 'Authorization: Bearer KEY'.",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode(), self._key):
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def model_card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "pocketgpt"}
+
+
+def create_app(checkpoint, *, api_key: Optional[str] = None, limits: Optional[ServeLimits] = None,
+               model_name: Optional[str] = None, device: str = "auto", dtype: str = "auto") -> FastAPI:
+    """An app serving a checkpoint (a path, or a loaded `Checkpoint`); its scheduler runs while the app does."""
+    from pocketgpt.device import pick_device, pick_dtype
+    limits = limits or ServeLimits()
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+        dev = next(ckpt.model.parameters()).device
+    else:
+        dev = pick_device(device)
+        ckpt = load_checkpoint(checkpoint, device=dev)
+    engine = Engine(ckpt.model, device=dev, dtype=pick_dtype(dtype, dev))
+    scheduler = Scheduler(engine, max_batch=limits.max_batch, max_queue=limits.max_queue)
+    served = Served(ckpt, scheduler, limits, api_key, model_name or model_id(ckpt))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        scheduler.close()
+
+    app = FastAPI(title="pocketgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.served = served
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": served.name, **scheduler.stats()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        served.check_key(request)
+        return {"object": "list", "data": [served.model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request) -> dict:
+        served.check_key(request)
+        if name != served.name:
+            raise _unknown_model(name, served.name)
+        return served.model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _complete(request, served, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _complete(request, served, chat=True)
+
+    return app
+
+
+def _unknown_model(name: str, served: str) -> APIError:
+    return APIError(404, f"The model '{name[:100]}' does not exist; this server serves '{served}'.",
+                    param="model", code="model_not_found")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse(bad("the request is malformed: check the parameters' names and types").body(), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: f"Unknown route {request.method} {request.url.path[:200]}",
+                   405: f"Method {request.method} is not allowed on {request.url.path[:200]}"}.get(exc.status_code,
+                                                                                                 "request refused")
+        body = APIError(exc.status_code, message).body()
+        body["error"]["type"] = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):      # a bug: say so, leak nothing
+        return JSONResponse(APIError(500, "internal server error").body(), status_code=500)
+
+
+async def read_json(request: Request, limit: int):
+    """The body parsed as JSON, at most `limit` bytes (413 beyond: read and dropped up to DRAIN_BYTES)."""
+    declared = request.headers.get("content-length", "")
+    too_big = declared.isdigit() and int(declared) > limit
+    data, seen = bytearray(), 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                too_big = True
+            if too_big:
+                data = bytearray()
+                if seen > max(DRAIN_BYTES, limit):
+                    break
+            else:
+                data += chunk
+    except ClientDisconnect:
+        raise bad("the client went away while sending the body") from None
+    if too_big:
+        raise APIError(413, f"The request body is larger than this server's limit of {limit} bytes.",
+                       code="request_too_large")
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, RecursionError):
+        raise bad("We could not parse the JSON body of your request: send a JSON object with "
+                  "'Content-Type: application/json'.") from None
+
+
+async def _complete(request: Request, served: Served, *, chat: bool):
+    served.check_key(request)
+    body = await read_json(request, served.limits.max_body_bytes)
+    name = body.get("model") if isinstance(body, dict) else None
+    if isinstance(name, str) and name != served.name:
+        raise _unknown_model(name, served.name)
+    job = parse_job(body, served.tokenizer, served.block_size, served.limits, chat=chat, template=served.template)
+    handles = _submit(job, served)
+    reply = Reply(chat, served.name)
+    if job.stream:                # the background task frees the rows of a client that left before the body started
+        return StreamingResponse(_stream(job, handles, reply, served), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(_cancel_all, handles))
+    return await _collect(job, handles, reply, served, request)
+
+
+def _submit(job: Job, served: Served) -> list[RequestHandle]:
+    """Every sequence of the job queued, or none (429 / 503)."""
+    loop = asyncio.get_running_loop()
+    handles: list[RequestHandle] = []
+    try:
+        for ids in job.prompts:                      # choice index = prompt index * n + sample index
+            handles += served.scheduler.submit_all(ids, job.sample, job.stop_ids, loop=loop,
+                                                   should_stop=stop_check(served.tokenizer, job.sample.stop))
+    except QueueFull:
+        for h in handles:
+            h.cancel()
+        raise APIError(429, "The server is busy: too many requests are waiting. Retry shortly.", code="queue_full",
+                       headers={"Retry-After": "1"}) from None
+    except SchedulerClosed:
+        for h in handles:
+            h.cancel()
+        raise APIError(503, "The server is shutting down.", code="unavailable") from None
+    return handles
+
+
+async def merged(handles: list[RequestHandle]):
+    """(choice index, Token) as tokens arrive from every handle, and (index, None) when a choice ends.
+    Leaving early (a disconnect, an error) cancels every handle."""
+    q: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, h: RequestHandle) -> None:
+        try:
+            async for t in h:
+                q.put_nowait((i, t))
+            q.put_nowait((i, None))
+        except Exception as e:                            # the scheduler failed this sequence
+            q.put_nowait((i, e))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        left = len(handles)
+        while left:
+            i, item = await q.get()
+            if isinstance(item, Exception):
+                raise item
+            left -= item is None
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        for h in handles:
+            h.cancel()
+
+
+async def _cancel_all(handles: list[RequestHandle]) -> None:
+    for h in handles:
+        h.cancel()
+
+
+def _finish_reason(text: ChoiceText, handle: RequestHandle) -> str:
+    return "stop" if text.hit_stop or handle.finish_reason != "length" else "length"
+
+
+async def _collect(job: Job, handles: list[RequestHandle], reply: Reply, served: Served, request: Request):
+    tok = served.tokenizer
+    texts = [ChoiceText(tok, job.sample.stop) for _ in handles]
+
+    async def run() -> None:
+        stream = merged(handles)
+        try:
+            async for i, t in stream:
+                texts[i].feed(t) if t is not None else texts[i].flush()
+        finally:
+            await stream.aclose()
+
+    task = asyncio.ensure_future(run())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and await request.is_disconnected():
+                return Response(status_code=499)          # the client left: run()'s cleanup cancels its rows
+        try:
+            task.result()
+        except RuntimeError as e:
+            raise APIError(500, str(e)) from None
+    finally:
+        task.cancel()
+        for h in handles:
+            h.cancel()
+    choices = [{"index": i, "text": t.text, "finish_reason": _finish_reason(t, h),
+                "logprobs": reply.logprobs(tok, t, job.logprobs)} for i, (t, h) in enumerate(zip(texts, handles))]
+    used = usage(sum(len(p) for p in job.prompts), sum(h.completion_tokens for h in handles))
+    return JSONResponse(reply.full(choices, used))
+
+
+async def _stream(job: Job, handles: list[RequestHandle], reply: Reply, served: Served):
+    """The SSE body; a disconnect cancels this generator, and with it every row of the request."""
+    tok, inc = served.tokenizer, job.include_usage
+    texts = [ChoiceText(tok, job.sample.stop) for _ in handles]
+    stream = merged(handles)
+    try:
+        if reply.chat:
+            for i in range(len(handles)):
+                yield reply.chunk(i, None, first=True, include_usage=inc)
+        async for i, t in stream:
+            if t is None:
+                tail = texts[i].flush()
+                if tail:
+                    yield reply.chunk(i, tail, include_usage=inc)
+                yield reply.chunk(i, None, finish=_finish_reason(texts[i], handles[i]), include_usage=inc)
+                continue
+            piece = texts[i].feed(t)
+            kept = texts[i].tokens and texts[i].tokens[-1] is t
+            lp = reply.logprobs(tok, texts[i], job.logprobs, last=True) if kept else None
+            if piece or lp:
+                yield reply.chunk(i, piece, logprobs=lp, include_usage=inc)
+        if inc:
+            yield reply.usage_chunk(usage(sum(len(p) for p in job.prompts), sum(h.completion_tokens for h in handles)))
+        yield DONE
+    except RuntimeError as e:                             # the scheduler failed: say so in the stream
+        yield sse(APIError(500, str(e)).body())
+    finally:
+        await stream.aclose()
+
+
+def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, *, api_key: Optional[str] = None,
+          limits: Optional[ServeLimits] = None, model_name: Optional[str] = None, device: str = "auto",
+          dtype: str = "auto", log_level: str = "info") -> None:
+    """Load the checkpoint and serve it with uvicorn until interrupted (loopback only unless `host` says)."""
+    import uvicorn
+    limits = limits or ServeLimits()
+    if not _loopback(host):
+        warnings.warn(f"serving on {host}: other machines can reach this server"
+                      + ("" if api_key else "; set --api-key to require a key"))
+    app = create_app(checkpoint, api_key=api_key, limits=limits, model_name=model_name, device=device, dtype=dtype)
+    name = app.state.served.name
+    print(f"pocketgpt: serving {name} on http://{host}:{port} (OpenAI base URL http://{host}:{port}/v1)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, timeout_graceful_shutdown=5,
+                limit_concurrency=max(64, 4 * (limits.max_batch + limits.max_queue)))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

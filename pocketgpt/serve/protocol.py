@@ -1,0 +1,272 @@
+"""The OpenAI request schema: a JSON body in, a checked `Job` out, or an `APIError` naming the bad parameter.
+
+Lives here: the server's limits (`ServeLimits`), the OpenAI error object, and the parsing of
+/v1/completions and /v1/chat/completions bodies (every field programs send, each checked with its value in the
+message) into token ids and a SampleConfig. Not here: routes and HTTP (app.py), generation (generate/), the chat
+template (tokenizer/chat.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pocketgpt.config import SampleConfig
+from pocketgpt.errors import UserError
+from pocketgpt.tokenizer.chat import TEMPLATE, render_for_completion, stop_token_ids
+from pocketgpt.tokenizer.special import CHAT_TOKENS
+
+
+@dataclass
+class ServeLimits:
+    """What one server accepts; the CLI's `pocketgpt serve` flags."""
+
+    max_batch: int = 8
+    """sequences decoded together, one KV-cache row each"""
+    max_queue: int = 64
+    """sequences waiting for a row before new requests get 429"""
+    max_tokens: int = 512
+    """the most tokens one completion may generate (also the default of max_tokens)"""
+    max_prompt_tokens: Optional[int] = None
+    """longest prompt in tokens; None: the model's context minus one"""
+    max_body_bytes: int = 1 << 20
+    """largest request body in bytes (413 beyond)"""
+    max_n: int = 16
+    """the most choices (n) one request may ask for"""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"{name} must be a positive integer, got {v!r}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise UserError(f"max_prompt_tokens must be a positive integer, got {self.max_prompt_tokens!r}")
+
+
+class APIError(Exception):
+    """An error the client sees as {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+
+    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+
+    def __init__(self, status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
+                 headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: Optional[str] = None, code: Optional[str] = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass
+class Job:
+    """One checked request: prompts as token ids, the sampling settings, and how to answer."""
+    chat: bool
+    prompts: list[list[int]]
+    sample: SampleConfig                    # num_samples = n; stop = the stop strings
+    stop_ids: list[int]
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: Optional[int] = None          # None: off; else the number of alternatives per token
+
+
+COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
+          "frequency_penalty", "logit_bias", "logprobs", "stream", "stream_options", "user",
+          "top_k", "min_p", "repetition_penalty"}            # the last three: extensions (as vLLM accepts)
+IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
+CHAT = COMMON | IGNORED | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
+                           "tool_choice"}
+TEXT = COMMON | IGNORED | {"prompt", "echo", "suffix", "best_of"}
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number(body: dict, name: str, lo: float, hi: float, default):
+    v = body.get(name)
+    if v is None:
+        return default
+    if not _is_num(v) or not lo <= v <= hi:
+        raise bad(f"{name} must be a number between {lo} and {hi}, got {v!r:.40}", name)
+    return float(v)
+
+
+def _integer(body: dict, name: str, lo: int, hi: Optional[int], default):
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        limit = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise bad(f"{name} must be an integer {limit}, got {v!r:.40}", name)
+    return v
+
+
+def _flag(body: dict, name: str) -> bool:
+    v = body.get(name)
+    if v is not None and not isinstance(v, bool):
+        raise bad(f"{name} must be true or false, got {v!r:.40}", name)
+    return bool(v)
+
+
+def parse_job(body: Any, tokenizer, block_size: int, limits: ServeLimits, *, chat: bool,
+              template: Optional[str] = None) -> Job:
+    """Check a request body and turn it into a Job; APIError (400) names the first bad parameter."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    for k in body:
+        if k not in (CHAT if chat else TEXT):
+            raise bad(f"Unrecognized request argument supplied: {k:.60}", k)
+    for k in ("user", "model"):
+        if body.get(k) is not None and not isinstance(body[k], str):
+            raise bad(f"{k} must be a string", k)
+    max_prompt = min(limits.max_prompt_tokens or block_size - 1, block_size - 1)
+    prompts = _chat_prompt(body, tokenizer, template) if chat else _text_prompts(body, tokenizer)
+    for ids in prompts:
+        if len(ids) > max_prompt:
+            raise bad(f"This model's maximum context length is {block_size} tokens and this server takes prompts of "
+                      f"at most {max_prompt} tokens; your prompt has {len(ids)} tokens.",
+                      "messages" if chat else "prompt", "context_length_exceeded")
+    name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _integer(body, name, 1, None, limits.max_tokens)
+    if max_tokens > limits.max_tokens:
+        raise bad(f"{name} is {max_tokens}, more than this server's limit of {limits.max_tokens}", name)
+    n = _integer(body, "n", 1, limits.max_n, 1)
+    if len(prompts) * n > limits.max_queue:
+        raise bad(f"{len(prompts)} prompts x n={n} sequences exceed this server's queue of {limits.max_queue}", "n")
+    temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
+    top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
+    if top_p == 0.0:                                         # only the most likely token survives: greedy
+        temperature, top_p = 0.0, 1.0
+    seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1, None)
+    stream = _flag(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
+        raise bad("stream_options must be an object {\"include_usage\": bool}, and only given with stream=true",
+                  "stream_options")
+    include_usage = _flag(options or {}, "include_usage")
+    logprobs, top = _logprobs(body, chat)
+    if not chat:
+        if _flag(body, "echo"):
+            raise bad("echo is not supported by this server", "echo")
+        if body.get("suffix") is not None:
+            raise bad("suffix is not supported by this server", "suffix")
+        if body.get("best_of") not in (None, n):
+            raise bad("best_of is not supported by this server (leave it unset or equal to n)", "best_of")
+    else:
+        for k in ("tools", "tool_choice"):
+            if body.get(k) not in (None, [], "none"):
+                raise bad(f"{k}: this model cannot call tools", k)
+        fmt = body.get("response_format")
+        if fmt is not None and fmt != {"type": "text"}:
+            raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
+    try:
+        sample = SampleConfig(
+            max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=_integer(body, "top_k", 0, None, 0), min_p=_number(body, "min_p", 0.0, 1.0, 0.0),
+            repetition_penalty=_number(body, "repetition_penalty", 0.01, 100.0, 1.0),
+            frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
+            presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
+            logit_bias=_logit_bias(body, tokenizer.n_vocab), seed=None if seed is None else seed % (1 << 62),
+            num_samples=n, logprobs=logprobs, top_logprobs=top, stop=_stops(body))
+    except UserError as e:                                    # a combination SampleConfig refuses
+        raise bad(str(e)) from None
+    stop_ids = stop_token_ids(tokenizer) if chat else [tokenizer.eot_id]
+    return Job(chat, prompts, sample, stop_ids, stream, include_usage, top if logprobs else None)
+
+
+def _chat_prompt(body: dict, tokenizer, template: Optional[str]) -> list[list[int]]:
+    missing = [s for s in CHAT_TOKENS if s not in tokenizer.special_tokens]
+    if missing:
+        raise bad(f"this model was not fine-tuned for chat (its tokenizer lacks {', '.join(missing)}): "
+                  "use /v1/completions", "messages", "chat_not_supported")
+    if template is not None and template != TEMPLATE:
+        raise bad(f"this model uses the chat template {template!r}; this server renders {TEMPLATE!r}", "messages")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages must be a non-empty list of {\"role\", \"content\"} objects", "messages")
+    clean = []
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{k}] must be an object", "messages")
+        m = {key: v for key, v in m.items() if v is not None}
+        if m.get("role") == "developer":                     # newer clients' name for the system message
+            m["role"] = "system"
+        content = m.get("content", "")
+        if isinstance(content, list):                        # [{"type": "text", "text": ...}, ...]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise bad(f"messages[{k}].content: only text parts are supported", "messages")
+            content = "".join(p["text"] for p in content)
+        m["content"] = content
+        clean.append(m)
+    try:
+        return [render_for_completion(clean, tokenizer)]
+    except UserError as e:
+        raise bad(str(e), "messages") from None
+
+
+def _text_prompts(body: dict, tokenizer) -> list[list[int]]:
+    """A string, a list of strings, a list of ids, or a list of id lists; strings are framed after <|endoftext|>."""
+    p = body.get("prompt")
+    if isinstance(p, str):
+        return [[tokenizer.eot_id] + tokenizer.encode(p)]
+    if isinstance(p, list) and p:
+        if all(isinstance(x, str) for x in p):
+            return [[tokenizer.eot_id] + tokenizer.encode(x) for x in p]
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+            return [_ids(p, tokenizer.n_vocab)]
+        if all(isinstance(x, list) and x for x in p):
+            return [_ids(x, tokenizer.n_vocab) for x in p]
+    raise bad("prompt must be a string, a list of strings, a list of token ids, or a list of such lists", "prompt")
+
+
+def _ids(ids: list, n_vocab: int) -> list[int]:
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_vocab for i in ids):
+        raise bad(f"prompt token ids must be integers in 0..{n_vocab - 1}", "prompt")
+    return list(ids)
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and 0 < len(s) <= 200
+                                                                  for s in stops):
+        raise bad("stop must be a non-empty string or a list of at most 4 of them (200 characters at most)", "stop")
+    return tuple(stops)
+
+
+def _logit_bias(body: dict, n_vocab: int) -> Optional[dict[int, float]]:
+    lb = body.get("logit_bias")
+    if lb is None:
+        return None
+    if not isinstance(lb, dict) or len(lb) > 1024:
+        raise bad("logit_bias must be an object mapping token ids to numbers (1024 entries at most)", "logit_bias")
+    out = {}
+    for k, v in lb.items():
+        if not (isinstance(k, str) and k.isdigit() and int(k) < n_vocab) or not _is_num(v) or not -100 <= v <= 100:
+            raise bad(f"logit_bias: {k!r:.30} -> {v!r:.30}: keys are token ids in 0..{n_vocab - 1}, values numbers "
+                      "in [-100, 100]", "logit_bias")
+        out[int(k)] = float(v)
+    return out or None
+
+
+def _logprobs(body: dict, chat: bool) -> tuple[bool, int]:
+    """(return log-probabilities?, alternatives per token): chat takes logprobs: bool + top_logprobs: 0..20,
+    completions take logprobs: 0..5."""
+    if not chat:
+        k = _integer(body, "logprobs", 0, 5, None)
+        return k is not None, k or 0
+    on = _flag(body, "logprobs")
+    top = _integer(body, "top_logprobs", 0, 20, 0)
+    if top and not on:
+        raise bad("top_logprobs needs logprobs=true", "top_logprobs")
+    return on, top
