@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev,hf,serve]"
+	$(BIN)/pip install --quiet -e ".[dev,hf,serve,recipes]"
 	touch $@
 
 setup: $(VENV)/.installed
