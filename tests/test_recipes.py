@@ -43,7 +43,7 @@ def write_fake_data(root: Path) -> Path:
         recs = []
         for _ in range(n):
             a, b = rng.randint(2, 50), rng.randint(2, 50)
-            q = f"Tom has {a} apples and buys {b} more. How many apples does Tom have now?"
+            q = f"Tom has {a} apples and buys {b} more.\u2028How many apples does Tom have now?"  # GSM8K has U+2028
             recs.append({"question": q, "answer": f"Tom has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n"
                                                   f"#### {a + b:,}"})
         (root / "gsm8k" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
@@ -65,7 +65,6 @@ def run_recipe(recipe: str, tmp_path: Path) -> dict:
     return result["metrics"]
 
 
-@pytest.mark.slow
 def test_sentiment_quick(tmp_path):
     m = run_recipe("sentiment", tmp_path)
     for k in ("bow", "full", "lora"):
@@ -75,8 +74,8 @@ def test_sentiment_quick(tmp_path):
     assert m["dev_examples"] == 8
 
 
-@pytest.mark.slow
 def test_translation_quick(tmp_path):
+    pytest.importorskip("sacrebleu", reason="the translation recipe scores with sacrebleu (pip install -e .[recipes])")
     m = run_recipe("translation", tmp_path)
     assert m["test_pairs"] == 8 and m["train_pairs"] <= 32
     for k in ("en-zh", "zh-en"):
@@ -84,7 +83,6 @@ def test_translation_quick(tmp_path):
         assert len(m[k]["examples"]) == 2 and {"source", "reference", "output"} <= set(m[k]["examples"][0])
 
 
-@pytest.mark.slow
 def test_gsm8k_quick(tmp_path):
     m = run_recipe("gsm8k", tmp_path)
     for k in ("before", "after"):
