@@ -66,7 +66,7 @@ def load_chat_records(path) -> list[list[dict]]:
     except UnicodeDecodeError as e:
         raise UserError(f"{p} is not UTF-8 text (byte {e.start})") from None
     convs = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{p} line {n}"

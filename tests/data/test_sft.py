@@ -167,3 +167,13 @@ def test_answer_loss_equals_a_hand_computation(tiny_tokenizer):
     assert r["val_answer_loss"] == pytest.approx(total / n, abs=1e-5)
     assert model.training                                # mode restored
     assert np.isfinite(r["val_answer_loss"])
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    """U+2028 / U+2029 inside a JSON string are not line breaks in JSONL (GSM8K has them)."""
+    from pocketgpt.data.sft import load_chat_records
+    p = tmp_path / "u2028.jsonl"
+    p.write_text(json.dumps({"prompt": "a\u2028b", "completion": "c\u2029d"}, ensure_ascii=False) + "\n",
+                 encoding="utf-8")
+    convs = load_chat_records(p)
+    assert convs[0][0]["content"] == "a\u2028b" and convs[0][1]["content"] == "c\u2029d"
