@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The chat page's browser test drives Debian's Chromium through Playwright (never `playwright install`).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: quickstart test test-all bench setup clean
@@ -17,8 +20,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev,hf,serve,recipes]"
+	$(BIN)/pip install --quiet -e ".[dev,hf,serve,recipes,browser]"
 	touch $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends chromium
 
 setup: $(VENV)/.installed
 
@@ -27,11 +34,12 @@ quickstart: $(VENV)/.installed
 	rm -rf runs/quickstart
 	$(BIN)/pocketgpt train --preset quickstart --out runs/quickstart
 
-test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -m "not slow"
+# POCKETGPT_REQUIRE_BROWSER=1: the browser test fails instead of skipping when Chromium or Playwright is missing.
+test: $(VENV)/.installed-dev | $(CHROMIUM)
+	POCKETGPT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not slow"
 
-test-all: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+test-all: $(VENV)/.installed-dev | $(CHROMIUM)
+	POCKETGPT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/tokenizer.py

@@ -2,8 +2,10 @@
 
 `create_app(checkpoint)` builds the app around one continuous-batching Scheduler (generate/scheduler.py);
 `serve(checkpoint, host, port)` runs it with uvicorn. Routes: GET /health, GET /v1/models, POST /v1/completions,
-POST /v1/chat/completions. Each request is parsed (protocol.py), submitted to the scheduler, and its tokens
-formatted (output.py); nothing here does math, and no endpoint reads or writes a file a request names.
+POST /v1/chat/completions, and the chat page: GET / and GET /static/{chat.js,chat.css} (fixed files shipped in
+serve/static/, open without the key; the page sends the key it is given to the /v1 routes). Each request is parsed
+(protocol.py), submitted to the scheduler, and its tokens formatted (output.py); nothing here does math, and no
+endpoint reads or writes a file a request names.
 Errors are OpenAI error objects: 400 bad parameter or prompt too long, 401 missing / wrong key (with an api_key),
 404 unknown model or route, 413 body too large, 429 queue full, 503 shutting down; framework validation errors
 become 400 and a malformed request never yields a 5xx. A client that disconnects cancels its generation.
@@ -22,7 +24,7 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
@@ -34,6 +36,12 @@ from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usa
 from pocketgpt.serve.protocol import APIError, Job, ServeLimits, bad, parse_job
 
 DRAIN_BYTES = 16 << 20          # an oversized body is read (and dropped) up to this, so the client sees the 413
+STATIC = Path(__file__).with_name("static")
+PAGE_FILES = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}   # all it serves
+PAGE_HEADERS = {                # the page loads nothing from elsewhere and runs no inline script
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
 def model_id(ckpt: Checkpoint) -> str:
@@ -108,6 +116,16 @@ def create_app(checkpoint, *, api_key: Optional[str] = None, limits: Optional[Se
             raise _unknown_model(name, served.name)
         return served.model_card()
 
+    @app.get("/")
+    async def chat_page():
+        return _page_file("index.html", "text/html; charset=utf-8")
+
+    @app.get("/static/{name}")
+    async def page_file(name: str):
+        if name not in PAGE_FILES:                        # a fixed list: no path from the request reaches the disk
+            raise StarletteHTTPException(404)
+        return _page_file(name, PAGE_FILES[name])
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await _complete(request, served, chat=False)
@@ -117,6 +135,13 @@ def create_app(checkpoint, *, api_key: Optional[str] = None, limits: Optional[Se
         return await _complete(request, served, chat=True)
 
     return app
+
+
+def _page_file(name: str, media_type: str) -> FileResponse:
+    path = STATIC / name
+    if not path.is_file():
+        raise APIError(500, f"the chat page's file {name} is missing from this installation of pocketgpt")
+    return FileResponse(path, media_type=media_type, headers=PAGE_HEADERS)
 
 
 def _unknown_model(name: str, served: str) -> APIError:

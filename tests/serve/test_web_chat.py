@@ -1,0 +1,314 @@
+"""The chat page of `pocketgpt serve` (GET /): its files and headers over HTTP, and a whole session in headless Chromium.
+
+The browser test drives Debian's /usr/bin/chromium (or $POCKETGPT_CHROMIUM) with Playwright's Python package; it
+never downloads a browser. Without them it skips, unless POCKETGPT_REQUIRE_BROWSER=1 (`make test` sets it): then it
+fails. It writes a screenshot to test-artifacts/chat-page.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from conftest import make_text
+from serve_helpers import MODEL, make_app, running
+
+from pocketgpt.checkpoint import save_checkpoint
+from pocketgpt.config import ModelConfig
+from pocketgpt.model import GPT
+from pocketgpt.serve import ServeLimits
+from pocketgpt.tokenizer import Tokenizer
+from pocketgpt.tokenizer.chat import TEMPLATE
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACT = REPO / "test-artifacts" / "chat-page.png"
+CHROMIUM = os.environ.get("POCKETGPT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+KEY = "web-test-key"
+LONG = 100_000               # max tokens of the answer the Stop button ends (minutes at the paced speed)
+
+
+@pytest.fixture(scope="module")
+def web_ckpt(tmp_path_factory):
+    """Like serve_helpers' chat_ckpt, with a context long enough for a few turns and a stopped answer."""
+    tok = Tokenizer.train([make_text(200)], vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=4096, vocab_size=tok.n_vocab))
+    return save_checkpoint(tmp_path_factory.mktemp("web") / "run", "ckpt-0000001", model, tok, step=1,
+                           extra={"chat_template": TEMPLATE})
+
+
+@pytest.fixture(scope="module")
+def web(web_ckpt):
+    """A server with an API key whose model never ends an answer early: every answer is max_tokens long (the tiny
+    random model would emit its end-of-turn token at random). Its decoding is paced to a few hundred tokens a second,
+    so that an answer stopped after a second or two stays well inside the context. Yields (base URL, scheduler)."""
+    app = make_app(web_ckpt, api_key=KEY, limits=ServeLimits(max_batch=2, max_tokens=LONG))
+    scheduler = app.state.served.scheduler
+    submit, decode = scheduler.submit_all, scheduler.engine.decode
+    scheduler.submit_all = lambda ids, sample, stop_ids, **kw: submit(ids, sample, [], **kw)
+
+    def paced_decode(*args, **kwargs):
+        time.sleep(0.003)
+        return decode(*args, **kwargs)
+    scheduler.engine.decode = paced_decode
+    with running(app) as url:
+        yield url, scheduler
+
+
+def _unavailable(reason: str):
+    if os.environ.get("POCKETGPT_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}; POCKETGPT_REQUIRE_BROWSER=1 forbids skipping the browser test", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[browser]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install -y --no-install-recommends chromium)")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
+        except Exception as e:                              # noqa: BLE001  (any launch failure: say why)
+            _unavailable(f"Chromium at {CHROMIUM} did not start: {str(e).strip().splitlines()[0]}")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# ---- over HTTP, no browser ----
+
+def test_page_and_its_files_need_no_key(web):
+    url, _ = web
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    html = page.text
+    assert 'src="/static/chat.js"' in html and 'href="/static/chat.css"' in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)                 # nothing from elsewhere
+    for name, kind in (("chat.js", "javascript"), ("chat.css", "text/css")):
+        r = httpx.get(f"{url}/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+        assert "http://" not in r.text and "https://" not in r.text and "@import" not in r.text
+    assert "innerHTML" not in httpx.get(url + "/static/chat.js").text
+    assert httpx.get(url + "/v1/models").status_code == 401                  # the API itself still needs the key
+
+
+def test_static_serves_only_its_fixed_files(web):
+    url, _ = web
+    for path in ("/static/app.py", "/static/index.html.bak", "/static/..%2fapp.py", "/static/%2e%2e/app.py",
+                 "/static/", "/static/chat.js/x"):
+        r = httpx.get(url + path)
+        assert r.status_code == 404, path
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.post(url + "/").status_code == 405
+
+
+# ---- in Chromium ----
+
+def _last_answer_length(page) -> int:
+    return page.evaluate("() => { const a = document.querySelectorAll('.msg.assistant .text');"
+                         " return a.length ? a[a.length - 1].textContent.length : -1; }")
+
+
+def _settle(page, answers: int) -> None:
+    """Wait until the page holds `answers` assistant messages and none is streaming."""
+    from playwright.sync_api import expect
+    expect(page.locator("#send")).to_be_enabled(timeout=20_000)
+    if page.locator("#error").is_visible():
+        pytest.fail(f"the page shows an error: {page.locator('#error').text_content()}", pytrace=False)
+    expect(page.locator(".msg.assistant")).to_have_count(answers)
+    expect(page.locator(".msg.streaming")).to_have_count(0)
+    expect(page.locator("#stop")).to_be_hidden()
+
+
+def _send(page, text: str):
+    """Type `text` and press Enter; returns the POST /v1/chat/completions request the page made."""
+    page.locator("#prompt").fill(text)
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions") and r.method == "POST") as req:
+        page.locator("#prompt").press("Enter")
+    return req.value
+
+
+def _set(page, field: str, value: str) -> None:
+    page.locator(field).fill(value)
+
+
+def _running(url: str) -> dict:
+    return httpx.get(url + "/health").json()
+
+
+def test_chat_session_in_chromium(web, browser):
+    from playwright.sync_api import expect
+    url, _ = web
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    requests, page_errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        page.goto(url + "/")
+        expect(page).to_have_title(re.compile("pocketgpt chat"))
+        # No key yet: the page loads (GET / is open) but /v1/models is refused; the message is shown as text.
+        error = page.locator("#error")
+        expect(error).to_contain_text("You didn't provide an API key")
+        expect(error).to_contain_text("HTTP 401")
+        expect(page.locator("#model-name")).to_have_text("unavailable")
+        expect(page.locator("#settings")).to_have_attribute("open", "")     # opened to show the key field
+        _set(page, "#api-key", KEY)
+        expect(page.locator("#model-name")).to_have_text(MODEL)
+        expect(error).to_be_hidden()
+
+        _set(page, "#system-prompt", "Be brief.")
+        _set(page, "#temperature", "0.7")
+        _set(page, "#top-p", "0.9")
+        _set(page, "#max-tokens", "12")
+
+        # Shift+Enter inserts a new line and sends nothing; Enter sends.
+        prompt = page.locator("#prompt")
+        prompt.click()
+        page.keyboard.type("first line")
+        page.keyboard.press("Shift+Enter")
+        page.keyboard.type("second line")
+        expect(prompt).to_have_value("first line\nsecond line")
+        expect(page.locator(".msg")).to_have_count(0)
+        with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+            page.keyboard.press("Enter")
+        req = sent.value
+        assert req.headers["authorization"] == f"Bearer {KEY}"
+        body = req.post_data_json
+        assert body["stream"] is True and body["model"] == MODEL
+        assert (body["max_tokens"], body["temperature"], body["top_p"]) == (12, 0.7, 0.9)
+        assert body["messages"] == [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "first line\nsecond line"}]
+        _settle(page, 1)
+        expect(prompt).to_have_value("")
+        expect(page.locator(".msg.user .text")).to_have_text("first line\nsecond line")
+        first = page.locator(".msg.assistant .text").first.text_content()
+        assert first, "the first answer is empty"
+        expect(page.locator(".msg.assistant .note").first).to_have_text("Reached the max tokens limit.")
+
+        # A second turn carries the whole conversation; a user's markup stays text.
+        markup = "<img src=x onerror=\"window.pwned=1\"> <b>bold?</b>"
+        body = _send(page, markup).post_data_json
+        assert body["messages"][1:] == [{"role": "user", "content": "first line\nsecond line"},
+                                        {"role": "assistant", "content": first},
+                                        {"role": "user", "content": markup}]
+        _settle(page, 2)
+        expect(page.locator(".msg.user .text").nth(1)).to_have_text(markup)
+        assert page.locator("#conversation img, #conversation b").count() == 0
+        assert page.evaluate("() => window.pwned === undefined")
+
+        # A long answer streams in (it grows between observations) until Stop ends it.
+        _set(page, "#max-tokens", str(LONG))
+        _send(page, "Tell me everything.")
+        expect(page.locator("#stop")).to_be_visible()
+        page.wait_for_function("() => { const a = document.querySelectorAll('.msg.assistant .text');"
+                               " return a.length === 3 && a[2].textContent.length > 0; }")
+        seen = [_last_answer_length(page)]
+        for _ in range(2):
+            page.wait_for_function("n => { const a = document.querySelectorAll('.msg.assistant .text');"
+                                   " return a[a.length - 1].textContent.length > n; }", arg=seen[-1])
+            seen.append(_last_answer_length(page))
+        assert seen[0] < seen[1] < seen[2], seen
+        assert _running(url)["running"] == 1
+        page.locator("#stop").click()
+        _settle(page, 3)
+        stopped = _last_answer_length(page)
+        assert stopped >= seen[-1]
+        print(f"\nthe stopped answer: {stopped} characters")
+        expect(page.locator(".msg.assistant .note").nth(2)).to_have_text("Stopped.")
+        page.wait_for_timeout(400)
+        assert _last_answer_length(page) == stopped                       # no longer growing
+        deadline = time.monotonic() + 10
+        while (h := _running(url))["running"] or h["waiting"]:            # the server freed the row
+            assert time.monotonic() < deadline, f"the stopped answer still runs on the server: {h}"
+            time.sleep(0.05)
+        partial = page.locator(".msg.assistant .text").nth(2).text_content()
+
+        # The next request succeeds, and the stopped answer stays in the conversation as far as it got.
+        _set(page, "#max-tokens", "6")
+        body = _send(page, "Thanks, that is enough.").post_data_json
+        assert body["messages"][-2:] == [{"role": "assistant", "content": partial},
+                                         {"role": "user", "content": "Thanks, that is enough."}]
+        _settle(page, 4)
+        expect(page.locator(".msg.assistant .note").nth(3)).to_have_text("Reached the max tokens limit.")
+        expect(error).to_be_hidden()
+        page.locator("#settings summary").click()                          # closed, to show the conversation
+        expect(page.locator("#settings")).not_to_have_attribute("open", "")
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACT), full_page=False)
+        print(f"\nchat page screenshot: {ARTIFACT}")
+        page.locator("#settings summary").click()
+
+        # Refused requests: the server's message, one readable line; the turn is taken back to be fixed.
+        _set(page, "#max-tokens", str(LONG + 1))
+        _send(page, "One more?")
+        expect(error).to_contain_text(f"HTTP 400): max_tokens is {LONG + 1}, more than this server's limit of {LONG}")
+        expect(page.locator(".msg.user")).to_have_count(4)
+        expect(page.locator(".msg.assistant")).to_have_count(4)
+        expect(prompt).to_have_value("One more?")
+        _set(page, "#max-tokens", "6")
+        _set(page, "#api-key", "wrong-key")
+        expect(error).to_contain_text("(HTTP 401): Incorrect API key provided.")          # from /v1/models
+        _send(page, "One more?")
+        expect(error).to_contain_text("(HTTP 401): Incorrect API key provided.")
+        text = error.text_content()
+        assert "{" not in text and "Traceback" not in text and "\n" not in text.strip()
+        expect(page.locator(".msg.assistant")).to_have_count(4)
+        _set(page, "#api-key", KEY)
+        expect(page.locator("#model-name")).to_have_text(MODEL)
+
+        # New chat, pressed while an answer streams, ends it and clears the conversation; the next request holds
+        # only the new turn.
+        _set(page, "#max-tokens", str(LONG))
+        _send(page, "Another long one.")
+        page.wait_for_function("() => { const a = document.querySelectorAll('.msg.assistant .text');"
+                               " return a.length === 5 && a[4].textContent.length > 0; }")
+        page.locator("#new-chat").click()
+        expect(page.locator(".msg")).to_have_count(0)
+        expect(page.locator("#stop")).to_be_hidden()
+        deadline = time.monotonic() + 10
+        while _running(url)["running"]:
+            assert time.monotonic() < deadline, "the answer left by New chat still runs on the server"
+            time.sleep(0.05)
+        _set(page, "#max-tokens", "6")
+        expect(page.locator("#empty")).to_be_visible()
+        expect(error).to_be_hidden()
+        body = _send(page, "Hello again.").post_data_json
+        assert body["messages"] == [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Hello again."}]
+        _settle(page, 1)
+
+        # Settings survive a reload (localStorage), the key included.
+        page.reload()
+        expect(page.locator("#model-name")).to_have_text(MODEL)
+        expect(page.locator("#max-tokens")).to_have_value("6")
+        expect(page.locator("#system-prompt")).to_have_value("Be brief.")
+        expect(page.locator(".msg")).to_have_count(0)
+
+        # A phone-sized window: nothing sticks out sideways, and the composer stays usable.
+        page.set_viewport_size({"width": 360, "height": 640})
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        expect(page.locator("#prompt")).to_be_in_viewport()
+        expect(page.locator("#send")).to_be_in_viewport()
+
+        assert not page_errors, page_errors
+        foreign = [r for r in requests if not (r.startswith(url + "/") or r.startswith("data:"))]
+        assert not foreign, f"the page reached outside its server: {foreign}"
+    finally:
+        context.close()
