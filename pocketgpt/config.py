@@ -55,6 +55,8 @@ class ModelConfig:
     """LayerNorm epsilon (GPT-2: 1e-5)"""
     init_std: float = 0.02
     """standard deviation of the normal weight initialisation (GPT-2: 0.02)"""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys before attention (QK-norm: steadier at high learning rates)"""
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -124,6 +126,13 @@ class TrainConfig:
     """decay after warmup"""
     weight_decay: float = 0.1
     """AdamW weight decay, applied to matrices only (not biases, norms or embeddings)"""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw for every parameter, or muon: Muon (orthogonalised momentum) for the blocks' 2-D weight matrices and
+    AdamW for embeddings, the output head, norms and biases"""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (follows the same warmup and decay as lr)"""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum"""
     beta1: float = 0.9
     """AdamW beta1"""
     beta2: float = 0.95
@@ -146,8 +155,13 @@ class TrainConfig:
     """where to train; auto picks cuda, then mps, then cpu"""
     compile: bool = False
     """torch.compile the model (pays off on GPU; on CPU the compile time often outweighs the gain)"""
+    activation_checkpointing: bool = False
+    """recompute each block's activations in the backward pass instead of storing them: less memory, ~30% more compute"""
+    max_time: float = 0.0
+    """stop after this many seconds of training (0 = no limit); the learning-rate decay then follows whichever of
+    steps or time runs out first, so a time-limited run is not bit-for-bit repeatable"""
     threads: int = 0
-    """CPU threads for PyTorch; 0 = one per physical core"""
+    """CPU threads for PyTorch; 0 = automatic (one per physical core this process may use)"""
     samples: int = 2
     """samples printed at the end of training"""
     sample_tokens: int = 120
@@ -164,6 +178,9 @@ class TrainConfig:
         _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be positive, got {self.lr}")
         _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.muon_lr > 0 and math.isfinite(self.muon_lr), f"train.muon_lr must be positive, got {self.muon_lr}")
+        _check(0.0 <= self.muon_momentum < 1.0, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        _check(self.max_time >= 0 and math.isfinite(self.max_time), f"train.max_time must be >= 0, got {self.max_time}")
 
 
 @dataclass

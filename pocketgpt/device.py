@@ -84,9 +84,31 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         yield
 
 
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads share a core's matrix units,
+    so a second thread per core only adds synchronisation to matmul-bound work)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:                                   # macOS / Windows
+        return max(1, (os.cpu_count() or 2) // 2) if platform.machine() in ("x86_64", "AMD64") else os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topo}/core_id") as a, open(f"{topo}/physical_package_id") as b:
+                cores.add((a.read().strip(), b.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
 def set_threads(n: int = 0) -> int:
-    """Set PyTorch's intra-op threads; 0 = one per available core (PyTorch's own choice). Returns the count."""
-    if n > 0:
+    """Set PyTorch's intra-op threads: n, or with 0 one per physical core this process may use (respecting
+    taskset/cgroup affinity, and OMP_NUM_THREADS when the user set it). Returns the count."""
+    if n <= 0:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        n = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+    if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
 

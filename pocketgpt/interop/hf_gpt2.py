@@ -180,6 +180,8 @@ def config_to_hf(cfg: ModelConfig, *, eot_id: int | None = None) -> dict:
     if cfg.activation not in ACT_TO_HF:
         raise UserError(f"cannot export activation={cfg.activation!r} to Hugging Face GPT-2: "
                         f"supported are {sorted(ACT_TO_HF)}")
+    if cfg.qk_norm:
+        raise UserError("cannot export qk_norm=True to Hugging Face GPT-2, whose attention has no query/key norm")
     return {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
         "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_embd": cfg.n_embd,

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from pocketgpt.config import ModelConfig
 from pocketgpt.model.kv_cache import KVCache
@@ -48,6 +49,20 @@ ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
 }
 
 
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k) + causal mask) V, written out: the articles' formula as three ops."""
+    T = q.size(-2)
+    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5                  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)      # True above the diagonal
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype) @ v
+
+
+def _matmul_attention_pays(q: torch.Tensor, dropout: float) -> bool:
+    """On CPU in bf16, PyTorch's fused (flash) attention kernel is 2-4x slower than three bf16 matmuls for
+    contexts up to a few hundred tokens (measured: benchmarks/README.md); float32 and GPUs keep SDPA."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= 512 and dropout == 0.0
+
+
 class CausalSelfAttention(nn.Module):
     """Step 3: every token asks (q) each token up to itself (k) how relevant it is, and mixes their values (v)."""
 
@@ -58,6 +73,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)      # mixes the heads back together
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x: torch.Tensor, rot: Optional[tuple[torch.Tensor, torch.Tensor]],
                 kv_cache: Optional[KVCache] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -66,10 +82,14 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
+        if self.qk_norm:                                                          # unit-RMS q and k per head
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = apply_rotary(q, rot), apply_rotary(k, rot)                       # RoPE only; identity otherwise
 
         dropout = self.attn_dropout if self.training else 0.0
-        if kv_cache is None:                                                      # training / full forward
+        if kv_cache is None and _matmul_attention_pays(q, dropout):
+            y = matmul_attention(q, k, v)
+        elif kv_cache is None:                                                    # training / full forward
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             causal = kv_cache.pos == 0 and mask is None                           # first chunk, no padding
@@ -116,6 +136,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+        self.activation_checkpointing = False   # a training choice (TrainConfig), not part of the architecture
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),                     # 1) token embedding table
             wpe=POSITIONAL[cfg.pos_encoding](cfg),                           # 2) positional encoding
@@ -157,8 +178,12 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         rot = wpe.rotation(pos)                                               # (cos, sin) for RoPE, else None
         mask = kv_cache.attn_mask(T) if kv_cache is not None else None        # one mask for every layer
+        recompute = self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, rot, kv_cache, mask)                                 # (B, T, C)
+            if recompute:                        # keep only each block's input; redo its forward in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, rot, use_reentrant=False)
+            else:
+                x = block(x, rot, kv_cache, mask)                             # (B, T, C)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.transformer.ln_f(x)                                       # (B, T, C)

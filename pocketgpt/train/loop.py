@@ -111,12 +111,14 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
         step = int(resume_state["step"])
     _truncate_metrics(metrics_path, step)          # forget lines from after the checkpoint (or from a dead run)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size   # an upper bound with padding
+    time_before = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0   # training seconds so far
     model.train()
+    model.activation_checkpointing = cfg.activation_checkpointing
     compiled = torch.compile(model) if cfg.compile else model
 
     def train_state() -> dict:
         return {"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step,
-                "data": batches.state_dict()}
+                "data": batches.state_dict(), "elapsed": time.perf_counter() - t_start + time_before}
 
     def do_eval() -> dict:
         if evaluate is None:
@@ -130,11 +132,12 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=None)
     with _StopFlag() as stop, open(metrics_path, "a") as log:
-        t_last, steps_since = time.perf_counter(), 0
+        t_start = t_last = t_step = time.perf_counter()
+        steps_since = 0
         while step < cfg.max_steps:
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, elapsed=time.perf_counter() - t_start + time_before)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
                 batch = batches.get(step, micro)                   # (x, y) for language modelling; more for others
@@ -153,6 +156,7 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
             loss_val = loss_sum / cfg.grad_accum
 
             now = time.perf_counter()
+            step_time, t_step = now - t_step, now
             if now - t_last > 0.5 or step == cfg.max_steps:
                 tok_s = tokens_per_step * steps_since / (now - t_last)
                 t_last, steps_since = now, 0
@@ -165,15 +169,18 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
             record = None
             if cfg.log_every and step % cfg.log_every == 0:
                 record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s,
-                          "tokens": step * tokens_per_step}
+                          "tokens": step * tokens_per_step, "step_time": step_time}
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                t_eval = time.perf_counter()
                 last_eval = do_eval()
                 record = {**(record or {"step": step, "loss": loss_val, "lr": lr, "tokens": step * tokens_per_step}),
-                          **last_eval}
+                          **last_eval, "eval_time": time.perf_counter() - t_eval}
                 if last_eval:
                     tqdm.write("step {:>6d} | train loss {:.4f} | ".format(step, loss_val)
                                + " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
             if record is not None:
+                record["elapsed"] = time.perf_counter() - t_start    # wall seconds since this process began training
+                record["time"] = time.time()                          # unix time: lines up with other processes' clocks
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if stop.requested:
@@ -182,6 +189,12 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
                 save(f"ckpt-{step:07d}", step, train_state())
                 last_saved = step
+            if cfg.max_time and time.perf_counter() - t_start + time_before >= cfg.max_time and step < cfg.max_steps:
+                tqdm.write(f"train.max_time ({cfg.max_time:g} s) reached at step {step}")
+                save(f"ckpt-{step:07d}", step, train_state())
+                last_saved = step
+                break
+            t_step = time.perf_counter()          # step_time measures the training step, not evals or saves
     bar.close()
     if interrupted and last_saved != step:
         save(f"ckpt-{step:07d}", step, train_state())

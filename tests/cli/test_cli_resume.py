@@ -11,19 +11,27 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cli_helpers import REPO, assert_same_weights, cli, train_args, weights  # noqa: F401  (fixtures)
 from conftest import TINY_TRAIN_FLAGS
 
 
-def test_resume_gives_the_same_weights(cli, tmp_path, corpus_text):
+SPEEDRUN_FLAGS = ("--train.optimizer", "muon", "--model.qk_norm", "true", "--model.pos_encoding", "rope",
+                  "--model.activation", "relu2", "--model.tie_embeddings", "false", "--model.bias", "false")
+
+
+@pytest.mark.parametrize("extra", [(), SPEEDRUN_FLAGS], ids=["adamw", "muon-qknorm-rope-relu2-untied"])
+def test_resume_gives_the_same_weights(cli, tmp_path, corpus_text, extra):
     """6 steps straight == 3 steps, then --resume to 6. The schedule decays to its floor at the last step, so a
     3-step run decays sooner than a 6-step one; warmup_steps=3 keeps the first 3 learning rates the same."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(corpus_text, encoding="utf-8")
     straight, out = tmp_path / "straight", tmp_path / "run"
-    code, _, err = cli(*train_args(corpus, straight, tmp_path / "cache", "--train.warmup_steps", 3))
+    code, _, err = cli(*train_args(corpus, straight, tmp_path / "cache", "--train.warmup_steps", 3, *extra))
     assert code == 0, err
-    code, _, err = cli(*train_args(corpus, out, tmp_path / "cache", "--train.warmup_steps", 3, "--train.max_steps", 3))
+    code, _, err = cli(*train_args(corpus, out, tmp_path / "cache", "--train.warmup_steps", 3, "--train.max_steps", 3,
+                                   *extra))
     assert code == 0, err
     assert (out / "LATEST").read_text().strip() == "ckpt-0000003"
     code, _, err = cli("train", "--out", out, "--resume", "--train.max_steps", 6)

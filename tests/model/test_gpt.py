@@ -13,7 +13,8 @@ from pocketgpt.model.positional import POSITIONAL, sinusoidal_table
 
 VARIANTS = [dict(pos_encoding=p) for p in POSITIONAL] + [dict(activation="relu"), dict(activation="relu2"),
                                                          dict(tie_embeddings=False), dict(bias=False),
-                                                         dict(activation="gelu_tanh")]
+                                                         dict(activation="gelu_tanh"), dict(qk_norm=True),
+                                                         dict(pos_encoding="rope", qk_norm=True)]
 
 
 def cfg_with(**kw) -> ModelConfig:
@@ -132,10 +133,10 @@ def test_tied_and_untied_heads():
     assert untied.num_params() - tied.num_params() == 300 * 32
 
 
-@pytest.mark.parametrize("pos", list(POSITIONAL))
+@pytest.mark.parametrize("pos", list(POSITIONAL) + ["rope+qk_norm"])
 def test_kv_cache_decoding_equals_full_forward(pos):
     torch.manual_seed(0)
-    cfg = cfg_with(pos_encoding=pos)
+    cfg = cfg_with(pos_encoding=pos.split("+")[0], qk_norm="qk_norm" in pos)
     model = GPT(cfg).eval()
     idx = torch.randint(0, 300, (2, 40))
     full, _ = model(idx)
