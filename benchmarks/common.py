@@ -46,3 +46,34 @@ def median_time(f, runs: int = 3, warmup: int = 1) -> float:
 
 def native_bf16() -> bool:
     return cpu_info()["native_bf16"]
+
+
+def run_process(cmd: list[str], *, cwd=None, env=None, timeout: float = 3600) -> dict:
+    """Run a command to completion: wall seconds, return code, stdout+stderr text, and the peak resident
+    memory of that one process (os.wait4's ru_maxrss, in bytes; Linux reports KiB)."""
+    import os
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out:
+        t0, t0_unix = time.perf_counter(), time.time()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return {"wall": wall, "rc": proc.returncode, "out": out.read(), "maxrss": usage.ru_maxrss * 1024,
+                "start_unix": t0_unix}
+
+
+def load_line() -> str:
+    import os
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())

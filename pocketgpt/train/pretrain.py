@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,8 +130,8 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
     if not result.interrupted:
         final = evaluate(0)                                              # the whole validation split
         result.last_eval = final
-        atomic_write(out / "final.json", json.dumps({"step": result.step, **final,
-                                                           "tokens_per_sec": result.tokens_per_sec}, indent=2))
+        atomic_write(out / "final.json", json.dumps({"step": result.step, **final, "tokens_per_sec": result.tokens_per_sec,
+                                                     "time": time.time()}, indent=2))
         if verbose:
             print(f"final: val loss {final['val_loss']:.4f} · val bits/byte {final['val_bpb']:.4f} "
                   f"(whole validation split, {len(val_tokens):,} tokens)")

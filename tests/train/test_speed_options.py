@@ -158,3 +158,22 @@ def test_muon_params_found_inside_wrappers():
             super().__init__()
             self.gpt = GPT(small_cfg())
     assert len(muon_params(Wrapper())) == 2 * 4                         # c_attn, attn.c_proj, c_fc, mlp.c_proj
+
+
+def test_cpu_speedrun_preset_trains_with_every_option(run_cli, corpus_file, tmp_path):
+    """The preset's model/optimizer/clock options work together end to end (shrunk to a few seconds)."""
+    out = tmp_path / "run"
+    code, stdout, err = run_cli("train", "--preset", "cpu-speedrun", "--data", corpus_file, "--out", out,
+                                "--cache_dir", tmp_path / "cache", "--tokenizer.vocab_size", 300,
+                                "--model.block_size", 32, "--model.n_embd", 32, "--model.n_layer", 1,
+                                "--train.max_time", 1.5, "--train.batch_size", 4, "--train.samples", 0,
+                                "--train.warmup_steps", 2, "--train.activation_checkpointing", "true")
+    assert code == 0, err
+    import yaml
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["qk_norm"] and cfg["model"]["pos_encoding"] == "rope" and cfg["train"]["optimizer"] == "muon"
+    assert cfg["corpus"]["val_fraction"] == 0.1 and cfg["train"]["max_time"] == 1.5
+    import json
+    final = json.loads((out / "final.json").read_text())
+    assert 0 < final["step"] < 100000 and final["val_bpb"] > 0
+    assert "max_time" in stdout or "max_time" in err
