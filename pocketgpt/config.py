@@ -334,6 +334,64 @@ class FinetuneRun:
         _check(0.0 < self.val_fraction <= 0.5, f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
 
 
+@dataclass
+class ServeConfig:
+    """Everything `pocketgpt serve` needs besides the checkpoint: where it listens and what one server accepts."""
+
+    host: str = "127.0.0.1"
+    """address to bind; the default is this machine only (0.0.0.0 exposes it to the network)"""
+    port: int = 8000
+    """TCP port, 1..65535"""
+    api_key: Optional[str] = None
+    """require 'Authorization: Bearer KEY' on every /v1 route (the chat page asks for it); unset: no key"""
+    model_name: Optional[str] = None
+    """the model id clients send; unset: the run folder's name"""
+    max_batch: int = 8
+    """sequences decoded together, one KV-cache row each"""
+    max_queue: int = 64
+    """sequences waiting for a row before new requests get 429"""
+    max_tokens: int = 512
+    """the most tokens one completion may generate (also the default of a request's max_tokens)"""
+    max_prompt_tokens: Optional[int] = None
+    """longest prompt in tokens; unset: the model's context minus one"""
+    max_body_bytes: int = 1 << 20
+    """largest request body in bytes (413 beyond)"""
+    max_n: int = 16
+    """the most choices (n) one request may ask for"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """inference precision: auto = bf16 where the hardware has it natively (CUDA, AMX / AVX512-BF16), else float32"""
+    device: str = "auto"
+    """where the model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"""
+
+    def __post_init__(self) -> None:
+        h = self.host
+        _check(isinstance(h, str) and h and h == h.strip(), f"host must be an address such as 127.0.0.1, got {h!r}")
+        p = self.port
+        _check(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535,
+               f"port must be an integer in 1..65535, got {p!r}")
+        k = self.api_key
+        if k is not None:                                      # the key itself never appears in a message
+            _check(isinstance(k, str) and k != "",
+                   "api_key is empty: give a key, or leave it unset to serve without one")
+            _check(k.isascii() and k.isprintable() and " " not in k,
+                   f"api_key must be printable ASCII without spaces (the {len(k)}-character key given is not)")
+        _check(self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip()),
+               f"model_name must be a non-empty string, got {self.model_name!r}")
+        for name in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                   f"{name} must be a positive integer, got {v!r}")
+        v = self.max_prompt_tokens
+        _check(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+               f"max_prompt_tokens must be a positive integer (or unset), got {v!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16"),
+               f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        d = self.device
+        _check(isinstance(d, str) and (d in ("auto", "cpu", "cuda", "mps")
+                                       or (d.startswith("cuda:") and d[5:].isdigit())),
+               f"device must be auto, cpu, cuda, cuda:N or mps, got {d!r}")
+
+
 # --- presets: overrides on top of the defaults, applied before --config and flags ---------------
 PRESETS: dict[str, dict[str, Any]] = {
     # ~0.5M parameters: tests and smoke runs in seconds
@@ -354,6 +412,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
         "tokenizer": {"vocab_size": 8192},
         "train": {"max_steps": 3000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 200},
+    },
+    # time-to-quality on a CPU (benchmarks/speedrun.py, runs/speedrun.sh): BPE tokens, RoPE, QK-norm, ReLU^2,
+    # untied head, Muon, bf16 autocast where native, a 25-second clock with evaluation only at the end
+    "cpu-speedrun": {
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "bias": False, "pos_encoding": "rope",
+                  "activation": "relu2", "qk_norm": True, "tie_embeddings": False},
+        "tokenizer": {"vocab_size": 2048},
+        "corpus": {"val_fraction": 0.1},
+        "train": {"max_steps": 100000, "max_time": 25.0, "batch_size": 16, "lr": 3e-3, "optimizer": "muon",
+                  "muon_lr": 0.02, "warmup_steps": 30, "eval_every": 0, "eval_tokens": 0, "save_every": 0,
+                  "log_every": 10, "samples": 1},
     },
     # GPT-2 small (124M), identical to Hugging Face's `gpt2`
     "gpt2": {

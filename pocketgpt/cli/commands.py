@@ -183,17 +183,11 @@ def cmd_chat(ns) -> int:
 
 
 def cmd_serve(ns) -> int:
+    from pocketgpt.config import ServeConfig
+    cfg = dataclass_from(ns, ServeConfig)                  # its checks name a bad flag before anything loads
     try:
         from pocketgpt.serve.app import serve
     except ImportError as e:
         raise UserError(f"serving needs the [serve] extra: pip install 'pocketgpt[serve]' ({e})") from None
-    from pocketgpt.serve.protocol import ServeLimits
-    if ns.dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {ns.dtype!r}")
-    if not 0 <= ns.port <= 65535:
-        raise UserError(f"--port must be in 0..65535, got {ns.port}")
-    limits = ServeLimits(max_batch=ns.max_batch, max_queue=ns.max_queue, max_tokens=ns.max_tokens,
-                         max_prompt_tokens=ns.max_prompt_tokens)
-    serve(ns.checkpoint, ns.host, ns.port, api_key=ns.api_key, limits=limits, model_name=ns.model_name,
-          device=ns.device, dtype=ns.dtype)
+    serve(ns.checkpoint, cfg)
     return 0

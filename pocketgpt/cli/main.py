@@ -16,8 +16,8 @@ import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from pocketgpt.cli.fields import add_dataclass_flags
-from pocketgpt.config import (CorpusConfig, FinetuneRun, SampleConfig, TokenizerConfig, TrainRun, from_dict,
-                              get_preset, preset_names)
+from pocketgpt.config import (CorpusConfig, FinetuneRun, SampleConfig, ServeConfig, TokenizerConfig, TrainRun,
+                              from_dict, get_preset, preset_names)
 from pocketgpt.errors import UserError
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -156,24 +156,7 @@ def build_parser(argv: list[str]) -> ArgumentParser:
         "Serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous "
         "batching. Needs the [serve] extra (fastapi, uvicorn)."))
     sv.add_argument("checkpoint", help="checkpoint or run folder")
-    sv.add_argument("--host", type=str, default="127.0.0.1",
-                    help="address to bind; the default is this machine only (0.0.0.0 exposes it to the network)")
-    sv.add_argument("--port", type=int, default=8000, help="TCP port")
-    sv.add_argument("--api-key", "--api_key", dest="api_key", type=Optional[str], default=None,
-                    help="require 'Authorization: Bearer KEY' on every /v1 route")
-    sv.add_argument("--max-batch", "--max_batch", dest="max_batch", type=int, default=8,
-                    help="sequences decoded together (one KV-cache row each)")
-    sv.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int, default=64,
-                    help="sequences waiting for a row before new requests get 429")
-    sv.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=512,
-                    help="the most tokens one completion may generate (and the default)")
-    sv.add_argument("--max-prompt-tokens", "--max_prompt_tokens", dest="max_prompt_tokens", type=Optional[int],
-                    default=None, help="longest prompt in tokens (default: the model's context minus one)")
-    sv.add_argument("--model-name", "--model_name", dest="model_name", type=Optional[str], default=None,
-                    help="the model id clients send (default: the run folder's name)")
-    sv.add_argument("--dtype", type=str, default="auto",
-                    help="inference precision: auto (bf16 where native), float32 or bfloat16")
-    sv.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    add_dataclass_flags(sv, ServeConfig, dashes=True)      # --host, --port, --api-key, --max-batch, ... --device
     sub.add_subcommand("serve", sv, help="serve a checkpoint over an OpenAI-compatible HTTP API")
 
     ev = ArgumentParser(exit_on_error=False, description="Loss, perplexity and bits per byte of a checkpoint on a text.")

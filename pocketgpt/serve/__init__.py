@@ -1,10 +1,12 @@
 """Serving: an OpenAI-compatible HTTP API over the continuous-batching scheduler (FastAPI + uvicorn, the [serve] extra).
 
-`create_app(checkpoint)` returns the ASGI app; `serve(checkpoint, host, port)` runs it (both in app.py, imported
-on first use so that `import pocketgpt.serve` works without the extra). The app is a leaf: it parses, calls the
-scheduler (generate/scheduler.py) and formats; the model, sampling and chat template live elsewhere.
+`create_app(checkpoint, config)` returns the ASGI app; `serve(checkpoint, config)` runs it (both in app.py, imported
+on first use so that `import pocketgpt.serve` works without the extra). `config` is a `ServeConfig`
+(pocketgpt/config.py: host, port, key, limits, precision; `ServeLimits` is its old name). The app is a leaf: it
+parses, calls the scheduler (generate/scheduler.py) and formats; the model, sampling and chat template live elsewhere.
 """
 
+from pocketgpt.config import ServeConfig
 from pocketgpt.serve.protocol import APIError, ServeLimits
 
 
@@ -15,4 +17,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pocketgpt.serve' has no attribute {name!r}")
 
 
-__all__ = ["create_app", "serve", "ServeLimits", "APIError"]
+__all__ = ["create_app", "serve", "ServeConfig", "ServeLimits", "APIError"]

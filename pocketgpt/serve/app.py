@@ -1,7 +1,8 @@
 """The HTTP API: OpenAI-compatible completions and chat on FastAPI, streamed as server-sent events.
 
-`create_app(checkpoint)` builds the app around one continuous-batching Scheduler (generate/scheduler.py);
-`serve(checkpoint, host, port)` runs it with uvicorn. Routes: GET /health, GET /v1/models, POST /v1/completions,
+`create_app(checkpoint, config)` builds the app around one continuous-batching Scheduler (generate/scheduler.py);
+`serve(checkpoint, config)` runs it with uvicorn. Both take a `ServeConfig` (pocketgpt/config.py: address, key,
+limits, precision) and keyword overrides of its fields. Routes: GET /health, GET /v1/models, POST /v1/completions,
 POST /v1/chat/completions, and the chat page: GET / and GET /static/{chat.js,chat.css} (fixed files shipped in
 serve/static/, open without the key; the page sends the key it is given to the /v1 routes). Each request is parsed
 (protocol.py), submitted to the scheduler, and its tokens formatted (output.py); nothing here does math, and no
@@ -14,6 +15,7 @@ become 400 and a malformed request never yields a 5xx. A client that disconnects
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -30,10 +32,12 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint
+from pocketgpt.config import ServeConfig
+from pocketgpt.errors import UserError
 from pocketgpt.generate.engine import Engine
 from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usage
-from pocketgpt.serve.protocol import APIError, Job, ServeLimits, bad, parse_job
+from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 
 DRAIN_BYTES = 16 << 20          # an oversized body is read (and dropped) up to this, so the client sees the 413
 STATIC = Path(__file__).with_name("static")
@@ -50,15 +54,23 @@ def model_id(ckpt: Checkpoint) -> str:
     return p.parent.name if p.name.startswith("ckpt-") and p.parent.name else p.name
 
 
+def serve_config(config: Optional[ServeConfig] = None, *, limits: Optional[ServeConfig] = None,
+                 **overrides) -> ServeConfig:
+    """`config` (or `limits`, its old name) with the fields named in `overrides` replaced; checked again."""
+    if config is not None and limits is not None:
+        raise TypeError("give config or limits (its old name), not both")
+    base = config if config is not None else limits if limits is not None else ServeConfig()
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
 class Served:
     """What the routes share: the tokenizer, the scheduler, the model's name, the limits and the key."""
 
-    def __init__(self, ckpt: Checkpoint, scheduler: Scheduler, limits: ServeLimits, api_key: Optional[str],
-                 name: str):
-        self.tokenizer, self.scheduler, self.limits, self.name = ckpt.tokenizer, scheduler, limits, name
+    def __init__(self, ckpt: Checkpoint, scheduler: Scheduler, config: ServeConfig, name: str):
+        self.tokenizer, self.scheduler, self.limits, self.name = ckpt.tokenizer, scheduler, config, name
         self.template = ckpt.meta.get("chat_template")
         self.block_size = scheduler.cfg.block_size
-        self._key = api_key.encode() if api_key else None
+        self._key = config.api_key.encode() if config.api_key else None
 
     def check_key(self, request: Request) -> None:
         if self._key is None:
@@ -75,20 +87,24 @@ class Served:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "pocketgpt"}
 
 
-def create_app(checkpoint, *, api_key: Optional[str] = None, limits: Optional[ServeLimits] = None,
-               model_name: Optional[str] = None, device: str = "auto", dtype: str = "auto") -> FastAPI:
-    """An app serving a checkpoint (a path, or a loaded `Checkpoint`); its scheduler runs while the app does."""
+def create_app(checkpoint, config: Optional[ServeConfig] = None, *, limits: Optional[ServeConfig] = None,
+               **overrides) -> FastAPI:
+    """An app serving a checkpoint (a path, or a loaded `Checkpoint`); its scheduler runs while the app does.
+
+    `config` holds the key, limits, device and dtype (host and port matter only to `serve`); keyword arguments
+    replace its fields: `create_app(path, api_key="k", dtype="float32")`.
+    """
     from pocketgpt.device import pick_device, pick_dtype
-    limits = limits or ServeLimits()
+    cfg = serve_config(config, limits=limits, **overrides)
     if isinstance(checkpoint, Checkpoint):
         ckpt = checkpoint
         dev = next(ckpt.model.parameters()).device
     else:
-        dev = pick_device(device)
+        dev = pick_device(cfg.device)
         ckpt = load_checkpoint(checkpoint, device=dev)
-    engine = Engine(ckpt.model, device=dev, dtype=pick_dtype(dtype, dev))
-    scheduler = Scheduler(engine, max_batch=limits.max_batch, max_queue=limits.max_queue)
-    served = Served(ckpt, scheduler, limits, api_key, model_name or model_id(ckpt))
+    engine = Engine(ckpt.model, device=dev, dtype=pick_dtype(cfg.dtype, dev))
+    scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+    served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -336,20 +352,60 @@ async def _stream(job: Job, handles: list[RequestHandle], reply: Reply, served: 
         await stream.aclose()
 
 
-def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, *, api_key: Optional[str] = None,
-          limits: Optional[ServeLimits] = None, model_name: Optional[str] = None, device: str = "auto",
-          dtype: str = "auto", log_level: str = "info") -> None:
-    """Load the checkpoint and serve it with uvicorn until interrupted (loopback only unless `host` says)."""
+def serve(checkpoint, config: Optional[ServeConfig] = None, *, limits: Optional[ServeConfig] = None,
+          log_level: str = "info", **overrides) -> None:
+    """Load the checkpoint and serve it with uvicorn until interrupted (loopback only unless the host says).
+
+    Once the server listens it prints the chat page's URL and the API's base URL."""
     import uvicorn
-    limits = limits or ServeLimits()
-    if not _loopback(host):
-        warnings.warn(f"serving on {host}: other machines can reach this server"
-                      + ("" if api_key else "; set --api-key to require a key"))
-    app = create_app(checkpoint, api_key=api_key, limits=limits, model_name=model_name, device=device, dtype=dtype)
-    name = app.state.served.name
-    print(f"pocketgpt: serving {name} on http://{host}:{port} (OpenAI base URL http://{host}:{port}/v1)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, timeout_graceful_shutdown=5,
-                limit_concurrency=max(64, 4 * (limits.max_batch + limits.max_queue)))
+    cfg = serve_config(config, limits=limits, **overrides)
+    if not _loopback(cfg.host):
+        warnings.warn(f"serving on {cfg.host}: other machines can reach this server"
+                      + ("" if cfg.api_key else "; set --api-key to require a key"))
+    app = create_app(checkpoint, cfg)
+    banner = startup_message(app.state.served.name, cfg.host, cfg.port)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:                              # listening now: the URLs work
+                print(banner, flush=True)
+
+    server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False,
+                                   timeout_graceful_shutdown=5,
+                                   limit_concurrency=max(64, 4 * (cfg.max_batch + cfg.max_queue))))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    except SystemExit:                                    # uvicorn's exit when it cannot bind (it logged why)
+        if server.started:
+            raise
+    if not server.started:
+        raise UserError(f"could not serve on {cfg.host}:{cfg.port} (see the message above)")
+
+
+def startup_message(name: str, host: str, port: int) -> str:
+    """What `pocketgpt serve` prints once it listens: the chat page's URL and the OpenAI base URL."""
+    base = f"http://{_url_host(host)}:{port}"
+    where = " (all interfaces)" if _unspecified(host) else ""
+    return (f"pocketgpt: serving {name} on {host}:{port}{where}\n"
+            f"  chat page:    {base}/\n"
+            f"  API base URL: {base}/v1")
+
+
+def _url_host(host: str) -> str:
+    """The host as a URL writes it: a wildcard bind as this machine's loopback address, IPv6 in brackets."""
+    if _unspecified(host):
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
 
 
 def _loopback(host: str) -> bool:

@@ -1,9 +1,9 @@
 """The OpenAI request schema: a JSON body in, a checked `Job` out, or an `APIError` naming the bad parameter.
 
-Lives here: the server's limits (`ServeLimits`), the OpenAI error object, and the parsing of
-/v1/completions and /v1/chat/completions bodies (every field programs send, each checked with its value in the
-message) into token ids and a SampleConfig. Not here: routes and HTTP (app.py), generation (generate/), the chat
-template (tokenizer/chat.py).
+Lives here: the OpenAI error object, and the parsing of /v1/completions and /v1/chat/completions bodies (every
+field programs send, each checked with its value in the message) into token ids and a SampleConfig, within the
+server's limits. Not here: the limits themselves (`ServeConfig` in config.py; `ServeLimits` is its old name),
+routes and HTTP (app.py), generation (generate/), the chat template (tokenizer/chat.py).
 """
 
 from __future__ import annotations
@@ -12,36 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from pocketgpt.config import SampleConfig
+from pocketgpt.config import SampleConfig, ServeConfig
 from pocketgpt.errors import UserError
 from pocketgpt.tokenizer.chat import TEMPLATE, render_for_completion, stop_token_ids
 from pocketgpt.tokenizer.special import CHAT_TOKENS
 
 
-@dataclass
-class ServeLimits:
-    """What one server accepts; the CLI's `pocketgpt serve` flags."""
-
-    max_batch: int = 8
-    """sequences decoded together, one KV-cache row each"""
-    max_queue: int = 64
-    """sequences waiting for a row before new requests get 429"""
-    max_tokens: int = 512
-    """the most tokens one completion may generate (also the default of max_tokens)"""
-    max_prompt_tokens: Optional[int] = None
-    """longest prompt in tokens; None: the model's context minus one"""
-    max_body_bytes: int = 1 << 20
-    """largest request body in bytes (413 beyond)"""
-    max_n: int = 16
-    """the most choices (n) one request may ask for"""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise UserError(f"{name} must be a positive integer, got {v!r}")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise UserError(f"max_prompt_tokens must be a positive integer, got {self.max_prompt_tokens!r}")
+ServeLimits = ServeConfig     # the old name of the server's settings, kept for callers that import it from here
 
 
 class APIError(Exception):
@@ -115,7 +92,7 @@ def _flag(body: dict, name: str) -> bool:
     return bool(v)
 
 
-def parse_job(body: Any, tokenizer, block_size: int, limits: ServeLimits, *, chat: bool,
+def parse_job(body: Any, tokenizer, block_size: int, limits: ServeConfig, *, chat: bool,
               template: Optional[str] = None) -> Job:
     """Check a request body and turn it into a Job; APIError (400) names the first bad parameter."""
     if not isinstance(body, dict):

@@ -11,7 +11,7 @@ import pytest
 from serve_helpers import MODEL, chat_ckpt, client, make_app, openai, running, server  # noqa: F401  (fixtures)
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint
-from pocketgpt.serve import ServeLimits, create_app
+from pocketgpt.serve import ServeConfig, create_app
 from pocketgpt.tokenizer import Tokenizer
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -120,7 +120,7 @@ def _first_chunk(url: str, holder: list, ready: threading.Event) -> None:
 
 
 def test_full_queue_is_429_and_a_disconnect_frees_the_slot(chat_ckpt):
-    limits = ServeLimits(max_batch=1, max_queue=1, max_tokens=100_000)
+    limits = ServeConfig(max_batch=1, max_queue=1, max_tokens=100_000)
     app = make_app(chat_ckpt, limits=limits)
     sched = app.state.served.scheduler
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as h:

@@ -21,7 +21,7 @@ from serve_helpers import MODEL, make_app, running
 from pocketgpt.checkpoint import save_checkpoint
 from pocketgpt.config import ModelConfig
 from pocketgpt.model import GPT
-from pocketgpt.serve import ServeLimits
+from pocketgpt.serve import ServeConfig
 from pocketgpt.tokenizer import Tokenizer
 from pocketgpt.tokenizer.chat import TEMPLATE
 
@@ -49,7 +49,7 @@ def web(web_ckpt):
     """A server with an API key whose model never ends an answer early: every answer is max_tokens long (the tiny
     random model would emit its end-of-turn token at random). Its decoding is paced to a few hundred tokens a second,
     so that an answer stopped after a second or two stays well inside the context. Yields (base URL, scheduler)."""
-    app = make_app(web_ckpt, api_key=KEY, limits=ServeLimits(max_batch=2, max_tokens=LONG))
+    app = make_app(web_ckpt, api_key=KEY, limits=ServeConfig(max_batch=2, max_tokens=LONG))
     scheduler = app.state.served.scheduler
     submit, decode = scheduler.submit_all, scheduler.engine.decode
     scheduler.submit_all = lambda ids, sample, stop_ids, **kw: submit(ids, sample, [], **kw)
