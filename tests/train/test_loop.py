@@ -13,18 +13,7 @@ from pocketgpt.train.loop import train_loop
 from pocketgpt.train.optim import param_groups
 from pocketgpt.train.schedule import lr_at
 
-
-class OneBatch:
-    """The same batch every step."""
-
-    def __init__(self, x, y):
-        self.x, self.y, self.block_size = x, y, x.shape[1]
-
-    def get(self, step, micro=0):
-        return self.x, self.y
-
-    def state_dict(self):
-        return {}
+from conftest import OneBatch
 
 
 def test_tiny_model_overfits_one_batch(tiny_cfg, tmp_path):

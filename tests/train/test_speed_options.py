@@ -15,16 +15,7 @@ from pocketgpt.train.loop import train_loop
 from pocketgpt.train.optim import Muon, Optimizers, build_optimizer, muon_params, orthogonalize
 from pocketgpt.train.schedule import lr_at
 
-
-class OneBatch:
-    def __init__(self, x, y):
-        self.x, self.y, self.block_size = x, y, x.shape[1]
-
-    def get(self, step, micro=0):
-        return self.x, self.y
-
-    def state_dict(self):
-        return {}
+from conftest import OneBatch
 
 
 def small_cfg(**kw) -> ModelConfig:
