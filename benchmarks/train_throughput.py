@@ -41,6 +41,8 @@ SHARED = ROOT.parent / "shared" / "data"
 SHAPES = {
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, steps=40, warmup=10),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=4, steps=8, warmup=3),
+    # --device cuda: GPT-2 124M at context 1024 in bf16, compiled, fused AdamW, flash attention through SDPA
+    "gpt2-1024": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, steps=30, warmup=10),
 }
 
 
@@ -51,9 +53,11 @@ def flops_per_token(shape: dict, vocab: int) -> float:
         return GPT(cfg).flops_per_token()
 
 
-def nanogpt_run(root: Path, dataset: str, shape: dict) -> dict:
+def nanogpt_run(root: Path, dataset: str, shape: dict, device: str = "cpu") -> dict:
     steps = shape["warmup"] + shape["steps"]
-    args = ["--device=cpu", "--compile=False", f"--dataset={dataset}", "--eval_iters=1", "--eval_interval=1000000",
+    where = ["--device=cpu", "--compile=False"] if device == "cpu" else \
+        [f"--device={device}", "--compile=True", "--dtype=bfloat16"]      # nanoGPT's own GPU defaults
+    args = [*where, f"--dataset={dataset}", "--eval_iters=1", "--eval_interval=1000000",
             "--log_interval=1", f"--block_size={shape['block_size']}", f"--batch_size={shape['batch_size']}",
             f"--n_layer={shape['n_layer']}", f"--n_head={shape['n_head']}", f"--n_embd={shape['n_embd']}",
             f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--dropout=0.0", "--out_dir=out-bench",
@@ -90,18 +94,30 @@ def main() -> None:
     ap.add_argument("--gpt2-vocab", default=str(SHARED / "gpt2"), help="folder with GPT-2's encoder.json + vocab.bpe")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every run; the table shows the median")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: then shape gpt2-1024 in bf16 with torch.compile "
+                    "in both (nanoGPT's GPU defaults; pocketgpt --train.compile true)")
     args = ap.parse_args()
+    if args.device != "cpu":
+        args.shapes = "gpt2-1024"
     checkout = nanogpt.check_checkout(args.nanogpt)
     text = Path(args.text)
     if not text.exists():
         raise SystemExit(f"--text {text}: no such file (tiny Shakespeare lives in ../shared/data/)")
 
     header("Training throughput: pocketgpt vs nanoGPT (tokens/s of a full training step, same machine, same run)")
-    peak32 = matmul_peak(torch.float32)
-    peak16 = matmul_peak(torch.bfloat16) if native_bf16() else 0.0
+    if args.device == "cpu":
+        peak32 = matmul_peak(torch.float32)
+        peak16 = matmul_peak(torch.bfloat16) if native_bf16() else 0.0
+    else:
+        from pocketgpt.train.pretrain import peak_flops_estimate
+        dev = torch.device(args.device)
+        print(f"GPU: {torch.cuda.get_device_name(dev)}")
+        peak32 = peak_flops_estimate(dev, torch.float32, n=8192)
+        peak16 = peak_flops_estimate(dev, torch.bfloat16, n=8192)
     print(f"{load_line()} | matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s"
           + (f", bf16 {peak16 / 1e9:.0f} GFLOP/s" if peak16 else ", bf16 not native (auto = float32)"))
-    default_dtype = "bf16 autocast" if native_bf16() else "float32"
+    default_dtype = "bf16 autocast" if native_bf16() or args.device != "cpu" else "float32"
+    gpu = [] if args.device == "cpu" else ["--train.device", args.device, "--train.compile", "true"]
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -119,14 +135,18 @@ def main() -> None:
                 cut = int(len(ids) * 0.9)
                 nanogpt.prepare_ids(root, "gpt2_tokens", ids[:cut], ids[cut:])
                 dataset, tok, vocabs = "gpt2_tokens", ["--tokenizer.path", args.gpt2_vocab], (50304, 50257)
-            runs = {"nanoGPT (float32)": [], f"pocketgpt default ({default_dtype})": [],
-                    "pocketgpt float32": []}
+            ng_label = "nanoGPT (float32)" if args.device == "cpu" else "nanoGPT (bf16, compile)"
+            runs = {ng_label: [], f"pocketgpt default ({default_dtype})": []}
+            if args.device == "cpu":
+                runs["pocketgpt float32"] = []
             if name == "gpt2":
-                runs[f"pocketgpt default + activation checkpointing"] = []
+                runs["pocketgpt default + activation checkpointing"] = []
             for _ in range(args.rounds):
-                runs["nanoGPT (float32)"].append(nanogpt_run(root, dataset, shape))
-                runs[f"pocketgpt default ({default_dtype})"].append(pocketgpt_run(work, text, shape, tok, []))
-                runs["pocketgpt float32"].append(pocketgpt_run(work, text, shape, tok, ["--train.dtype", "float32"]))
+                runs[ng_label].append(nanogpt_run(root, dataset, shape, args.device))
+                runs[f"pocketgpt default ({default_dtype})"].append(pocketgpt_run(work, text, shape, tok, gpu))
+                if args.device == "cpu":
+                    runs["pocketgpt float32"].append(
+                        pocketgpt_run(work, text, shape, tok, ["--train.dtype", "float32"]))
                 if name == "gpt2":
                     runs["pocketgpt default + activation checkpointing"].append(
                         pocketgpt_run(work, text, shape, tok, ["--train.activation_checkpointing", "true"]))
@@ -141,7 +161,7 @@ def main() -> None:
                 rows.append((name, label, ms, tok_s, tok_s / base, 100 * achieved / peak32,
                              100 * achieved / peak16 if peak16 else float("nan"),
                              max(r["maxrss"] for r in rs) / 2 ** 20))
-            print(f"  [{name}] nanoGPT: {runs['nanoGPT (float32)'][0]['cmd']}")
+            print(f"  [{name}] nanoGPT: {runs[ng_label][0]['cmd']}")
 
     print(f"\n{load_line()}")
     print(f"| shape | run | ms/step | tokens/s | vs nanoGPT | MFU vs fp32 peak | MFU vs bf16 peak | peak RSS MiB |")

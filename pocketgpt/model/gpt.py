@@ -49,18 +49,19 @@ ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
 }
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k) + causal mask) V, written out: the articles' formula as three ops."""
     T = q.size(-2)
     scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5                  # (B, nh, T, T)
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)      # True above the diagonal
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype) @ v
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
+    return F.dropout(probs, dropout) @ v if dropout > 0 else probs @ v
 
 
-def _matmul_attention_pays(q: torch.Tensor, dropout: float) -> bool:
+def _matmul_attention_pays(q: torch.Tensor) -> bool:
     """On CPU in bf16, PyTorch's fused (flash) attention kernel is 2-4x slower than three bf16 matmuls for
     contexts up to a few hundred tokens (measured: benchmarks/README.md); float32 and GPUs keep SDPA."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= 512 and dropout == 0.0
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= 512
 
 
 class CausalSelfAttention(nn.Module):
@@ -87,8 +88,8 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, rot), apply_rotary(k, rot)                       # RoPE only; identity otherwise
 
         dropout = self.attn_dropout if self.training else 0.0
-        if kv_cache is None and _matmul_attention_pays(q, dropout):
-            y = matmul_attention(q, k, v)
+        if kv_cache is None and _matmul_attention_pays(q):
+            y = matmul_attention(q, k, v, dropout)
         elif kv_cache is None:                                                    # training / full forward
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:

@@ -168,3 +168,14 @@ def test_cpu_speedrun_preset_trains_with_every_option(run_cli, corpus_file, tmp_
     final = json.loads((out / "final.json").read_text())
     assert 0 < final["step"] < 100000 and final["val_bpb"] > 0
     assert "max_time" in stdout or "max_time" in err
+
+
+def test_matmul_attention_dropout_drops_probabilities():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    assert torch.equal(matmul_attention(q, k, v, 0.0), matmul_attention(q, k, v))
+    torch.manual_seed(1)
+    a = matmul_attention(q, k, v, 0.5)
+    torch.manual_seed(1)
+    assert torch.equal(a, matmul_attention(q, k, v, 0.5))                # seeded, so repeatable
+    assert not torch.allclose(a, matmul_attention(q, k, v))
