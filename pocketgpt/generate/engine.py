@@ -39,6 +39,13 @@ def crop_prompt(ids: list[int], block_size: int) -> tuple[list[int], bool]:
     return (ids[-limit:], True) if len(ids) > limit else (list(ids), False)
 
 
+def bucket_length(n: int) -> int:
+    """n rounded up to one of few lengths: a multiple of 16 up to 64, then of a quarter of the power of two at or
+    below n (at most 25% more): about 20 lengths up to a context of 1024."""
+    step = max(16, 1 << max(0, n.bit_length() - 3))
+    return -(-n // step) * step
+
+
 @dataclass
 class _Row:
     """One sequence being decoded."""
@@ -60,6 +67,10 @@ class Engine:
         if next(model.parameters()).dtype != dtype:
             self.model.to(dtype)
         self.cfg = model.config
+        # oneDNN (CPU bfloat16 / float16 matmuls) keeps a compiled kernel per matrix shape: a server prefilling
+        # every prompt length grows by ~0.3-1 MB per new length. `prefill(..., bucket=True)` (the scheduler's)
+        # left-pads to `bucket_length` so only a few shapes ever occur. float32 uses MKL, which keeps nothing.
+        self.bucket_prefill = self.device.type == "cpu" and dtype != torch.float32
         if self.device.type == "cpu" and dtype == torch.float32:
             # batch-1 float32 GEMVs on all cores (gemv.py); same weights, same results
             from pocketgpt.generate.gemv import use_split_gemv
@@ -67,9 +78,14 @@ class Engine:
 
     # --- the two model calls ---------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, contexts: list[list[int]]) -> tuple[KVCache, torch.Tensor]:
-        """Run the prompts (left-padded to one length) through the model; return the cache and last logits (B, V)."""
+    def prefill(self, contexts: list[list[int]], *, bucket: bool = False) -> tuple[KVCache, torch.Tensor]:
+        """Run the prompts (left-padded to one length) through the model; return the cache and last logits (B, V).
+
+        `bucket`: where `self.bucket_prefill`, left-pad to `bucket_length` (the padding is masked: each row's logits
+        are what they are unpadded up to rounding, but the cache's `pos` counts the padding)."""
         B, L = len(contexts), max(len(c) for c in contexts)
+        if bucket and self.bucket_prefill:
+            L = min(self.cfg.block_size, bucket_length(L))
         cache = KVCache(self.cfg, B, dtype=self.dtype, device=self.device)
         idx = torch.zeros(B, L, dtype=torch.long)
         pad = torch.tensor([L - len(c) for c in contexts])
@@ -157,9 +173,8 @@ class Engine:
             if temp == 0:
                 nxt = S.greedy(x)
             else:
-                nxt = torch.cat([S.pick(x[a:a + 1], temperature=temp, top_k=sample.top_k, top_p=sample.top_p,
-                                        min_p=sample.min_p, generator=rows[k].generator)
-                                 for a, k in enumerate(active)])
+                nxt = S.pick_rows(x, [rows[k].generator for k in active], temperature=temp, top_k=sample.top_k,
+                                  top_p=sample.top_p, min_p=sample.min_p)          # each row its own generator
             if want_lp:
                 lp, top_ids, top_vals = S.top_logprobs(logits, nxt, sample.top_logprobs)
             finished = []

@@ -5,10 +5,12 @@ and the logits of each row's next token. Each `step()`:
     1) drops cancelled requests;
     2) admits waiting requests into free rows (at most `max_batch` rows) with one batched prefill;
     3) merges new rows (and rows whose window slid) into the batch cache;
-    4) picks one token per row with that row's own SampleConfig and torch.Generator, hands it to the request,
-       and retires rows that hit a stop id, `should_stop` or their max tokens;
+    4) picks one token per row with that row's own SampleConfig and torch.Generator (rows sharing settings in one
+       vectorised pass), hands it to the request, and retires rows that hit a stop id, `should_stop` or their max
+       tokens;
     5) re-prefills the last half-context of rows that filled the context (the engine's sliding window);
-    6) runs ONE decode forward for all remaining rows.
+    6) runs ONE decode forward for all remaining rows, while a helper thread draws the sampling noise of their next
+       pick from their generators (the same numbers the pick would draw; it needs no logits).
 A background thread (`start()`) calls `step()` whenever there is work; tests may call `step()` themselves instead.
 
 The cache layout. KVCache writes every row at the same slot (`pos`), so rows are right-aligned: a row holding
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import queue
 import random
 import sys
@@ -140,6 +143,7 @@ class _Seq:
     fed: int = 0                                        # tokens of this row in the cache
     counts: Optional[torch.Tensor] = None               # (V,) generated-token counts, for frequency/presence
     seen: Optional[torch.Tensor] = None                 # (V,) bool, tokens in the text, for repetition_penalty
+    noise: Optional[torch.Tensor] = None                # (V,) its generator's next draw, made during a decode
 
 
 class Scheduler:
@@ -158,6 +162,7 @@ class Scheduler:
         self._joining: list[tuple[list[_Seq], KVCache, torch.Tensor]] = []   # prefilled, not yet merged
         self._cv = threading.Condition()
         self._thread: Optional[threading.Thread] = None
+        self._helper: Optional[concurrent.futures.ThreadPoolExecutor] = None      # draws sampling noise
         self._closed = False
         self.decode_calls = self.prefill_calls = self.finished = 0      # finished: rows that left, any reason
         self.decode_batch_sizes: collections.deque[int] = collections.deque(maxlen=100_000)  # rows per decode
@@ -227,6 +232,9 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._end_all("cancelled", None, waiting=True)
+        if self._helper is not None:
+            self._helper.shutdown(wait=False)
+            self._helper = None
 
     def _end_all(self, reason: str, error: Optional[BaseException], waiting: bool = False) -> None:
         with self._cv:
@@ -290,15 +298,35 @@ class Scheduler:
         # 6) one decode forward for every remaining row: its last token, at its own position
         nxt = torch.tensor([s.context[-1] for s in self._rows], dtype=torch.long)      # (B,)
         positions = torch.tensor([s.fed for s in self._rows])                             # (B,)
+        noise = self._draw_noise_meanwhile()
         self._logits = self.engine.decode(self._cache, nxt, positions)                    # (B, V)
+        if noise is not None:
+            noise()
         self.decode_calls += 1
         self.decode_batch_sizes.append(len(self._rows))
         for s in self._rows:
             s.fed += 1
         return True
 
+    def _draw_noise_meanwhile(self) -> Optional[Callable[[], None]]:
+        """Start drawing the sampling noise of the next pick on a helper thread, so that it runs beside the decode
+        forward (on another core; the noise needs no logits): each sampling row's generator draws exactly what it
+        would draw at the pick. Returns the wait that stores it in the rows, or None when there is nothing to draw."""
+        rows = [s for s in self._rows if s.noise is None and s.sample.effective_temperature > 0]
+        if not rows or not S._fast_draws():
+            return None
+        if self._helper is None:
+            self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pocketgpt-sampling-noise")
+        job = self._helper.submit(S.draw_noise, self.cfg.vocab_size, [s.generator for s in rows])
+
+        def wait() -> None:
+            q = job.result()
+            for s, row in zip(rows, q):
+                s.noise = row
+        return wait
+
     def _prefill(self, seqs: list[_Seq], contexts: list[list[int]]) -> None:
-        cache, logits = self.engine.prefill(contexts)
+        cache, logits = self.engine.prefill(contexts, bucket=True)      # few shapes: bounded oneDNN caches
         self.prefill_calls += 1
         for s, c in zip(seqs, contexts):
             s.fed = len(c)
@@ -338,17 +366,23 @@ class Scheduler:
         """Choose each row's next token from its logits, hand it over, retire the rows that finished."""
         finished: dict[int, str] = {}
         logits = self._logits.float().cpu()                  # (B, V): the generators live on the CPU
-        for a, s in enumerate(self._rows):
-            tok = self._choose(s, logits[a:a + 1])
-            if tok.id in s.stop:
+        ids = self._choose(logits)
+        for a, (s, tid) in enumerate(zip(self._rows, ids)):
+            if tid in s.stop:
                 finished[a] = "stop"
                 continue
-            s.tokens.append(tok.id)
-            s.context.append(tok.id)
+            tok = Token(tid)
+            sp = s.sample
+            if sp.logprobs or sp.top_logprobs > 0:
+                lp, top_ids, top_vals = S.top_logprobs(logits[a:a + 1], torch.tensor([tid]), sp.top_logprobs)
+                tok.logprob = float(lp[0])
+                tok.top_logprobs = list(zip(top_ids[0].tolist(), top_vals[0].tolist()))
+            s.tokens.append(tid)
+            s.context.append(tid)
             if s.counts is not None:
-                s.counts[tok.id] += 1
+                s.counts[tid] += 1
             if s.seen is not None:
-                s.seen[tok.id] = True
+                s.seen[tid] = True
             s.handle.completion_tokens += 1
             s.handle._put(tok)
             if s.should_stop is not None and s.should_stop(s.handle.index, s.tokens):
@@ -360,29 +394,54 @@ class Scheduler:
         self.finished += len(finished)
         self._drop(list(finished))
 
-    def _choose(self, s: _Seq, logits: torch.Tensor) -> Token:
-        """The engine's per-row sampling on (1, V) CPU logits: bias, penalties, then greedy or a draw from this
-        row's generator."""
-        sp, V = s.sample, logits.shape[-1]
-        if s.counts is None and (sp.frequency_penalty != 0 or sp.presence_penalty != 0):
-            s.counts = torch.zeros(V)
-        if s.seen is None and sp.repetition_penalty != 1.0:
-            s.seen = torch.zeros(V, dtype=torch.bool)
-            s.seen[s.context] = True
-        x = S.add_logit_bias(logits, sp.logit_bias)                                        # (1, V)
-        if s.seen is not None:
-            x = S.repetition_penalty(x, s.seen[None], sp.repetition_penalty)
-        if s.counts is not None:
-            x = S.frequency_presence_penalty(x, s.counts[None], sp.frequency_penalty, sp.presence_penalty)
-        temp = sp.effective_temperature
-        nxt = S.greedy(x) if temp == 0 else S.pick(x, temperature=temp, top_k=sp.top_k, top_p=sp.top_p,
-                                                   min_p=sp.min_p, generator=s.generator)
-        tok = Token(int(nxt[0]))
-        if sp.logprobs or sp.top_logprobs > 0:
-            lp, ids, vals = S.top_logprobs(logits, nxt, sp.top_logprobs)
-            tok.logprob = float(lp[0])
-            tok.top_logprobs = list(zip(ids[0].tolist(), vals[0].tolist()))
-        return tok
+    def _choose(self, logits: torch.Tensor) -> list[int]:
+        """Every row's next token from (B, V) CPU logits, as the engine picks alone: that row's bias and
+        penalties, then greedy or a draw from its own generator. Rows sharing temperature / top_k / top_p / min_p
+        are filtered and sampled together in one vectorised pass (sampling.pick_rows), which draws exactly what
+        row-by-row `pick` calls would."""
+        rows, x = self._rows, logits
+        for a, s in enumerate(rows):                         # per-row adjustments (rare): on a copy of the logits
+            sp, V = s.sample, logits.shape[-1]
+            if s.counts is None and (sp.frequency_penalty != 0 or sp.presence_penalty != 0):
+                s.counts = torch.zeros(V)
+            if s.seen is None and sp.repetition_penalty != 1.0:
+                s.seen = torch.zeros(V, dtype=torch.bool)
+                s.seen[s.context] = True
+            if not (sp.logit_bias or s.seen is not None or s.counts is not None):
+                continue
+            if x is logits:
+                x = logits.clone()
+            r = S.add_logit_bias(x[a:a + 1], sp.logit_bias)                               # (1, V)
+            if s.seen is not None:
+                r = S.repetition_penalty(r, s.seen[None], sp.repetition_penalty)
+            if s.counts is not None:
+                r = S.frequency_presence_penalty(r, s.counts[None], sp.frequency_penalty, sp.presence_penalty)
+            x[a] = r[0]
+        groups: dict[tuple, list[int]] = {}
+        for a, s in enumerate(rows):
+            sp, temp = s.sample, s.sample.effective_temperature
+            groups.setdefault((0.0, 0, 1.0, 0.0) if temp == 0 else (temp, sp.top_k, sp.top_p, sp.min_p), []).append(a)
+        out = torch.empty(len(rows), dtype=torch.long)
+        for (temp, top_k, top_p, min_p), idx in groups.items():
+            group = [rows[a] for a in idx]
+            noise = self._noise(group, x.shape[-1]) if temp > 0 else None
+            out[idx] = S.pick_rows(x if len(idx) == len(rows) else x[idx], [s.generator for s in group],
+                                   temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, noise=noise)
+        return out.tolist()
+
+    @staticmethod
+    def _noise(group: list[_Seq], V: int) -> Optional[torch.Tensor]:
+        """(len(group), V): each row's pre-drawn noise, drawn now for rows that have none (new rows); taken."""
+        if all(s.noise is None for s in group):
+            return None                                     # pick_rows draws it
+        missing = [s for s in group if s.noise is None]
+        if missing:
+            for s, row in zip(missing, S.draw_noise(V, [s.generator for s in missing])):
+                s.noise = row
+        q = torch.stack([s.noise for s in group])
+        for s in group:
+            s.noise = None
+        return q
 
     def _drop(self, rows: list[int]) -> None:
         """Remove rows from the batch (cache, logits and list) without finishing them."""

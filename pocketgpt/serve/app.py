@@ -371,9 +371,9 @@ def serve(checkpoint, config: Optional[ServeConfig] = None, *, limits: Optional[
             if self.started:                              # listening now: the URLs work
                 print(banner, flush=True)
 
-    server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False,
-                                   timeout_graceful_shutdown=5,
-                                   limit_concurrency=max(64, 4 * (cfg.max_batch + cfg.max_queue))))
+    in_flight = max(64, 4 * (cfg.max_batch + cfg.max_queue))
+    server = Server(uvicorn.Config(InFlightLimit(app, in_flight), host=cfg.host, port=cfg.port, log_level=log_level,
+                                   server_header=False, timeout_graceful_shutdown=5, limit_concurrency=2 * in_flight))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -383,6 +383,28 @@ def serve(checkpoint, config: Optional[ServeConfig] = None, *, limits: Optional[
             raise
     if not server.started:
         raise UserError(f"could not serve on {cfg.host}:{cfg.port} (see the message above)")
+
+
+class InFlightLimit:
+    """ASGI wrapper: at most `limit` HTTP requests in flight (a stream counts until its end); beyond, the OpenAI
+    error object of a full queue (429, Retry-After) instead of uvicorn's plain-text 503 (its limit_concurrency,
+    kept at twice this as a guard against idle connections)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            busy = APIError(429, "The server is busy: too many requests are in flight. Retry shortly.",
+                            code="queue_full")
+            return await JSONResponse(busy.body(), 429, headers={"Retry-After": "1"})(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 def startup_message(name: str, host: str, port: int) -> str:

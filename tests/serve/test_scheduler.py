@@ -176,3 +176,45 @@ def test_zero_max_tokens_and_bad_prompts(engine):
     for bad in ([], [10_000]):
         with pytest.raises(ValueError):
             sched.submit(bad, GREEDY)
+
+
+def test_rows_sharing_settings_are_sampled_together_and_each_repeats_its_alone_result(engine):
+    sched = Scheduler(engine, max_batch=8)
+    same = [SampleConfig(max_new_tokens=14, temperature=1.0, seed=20 + i) for i in range(4)]    # one vectorised group
+    other = [SampleConfig(max_new_tokens=10, temperature=0), SampleConfig(max_new_tokens=12, temperature=0.8, top_p=0.9,
+                                                                         seed=9, logit_bias={5: 4.0, 6: -100.0})]
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8], [9, 10], [11, 12], [13]]
+    handles = [sched.submit(p, s) for p, s in zip(prompts, same + other)]
+    run(sched)
+    for p, s, h in zip(prompts, same + other, handles):
+        assert h.result().tokens == alone(engine, p, s)[0].tokens
+    assert max(sched.decode_batch_sizes) == 6
+
+
+def test_the_fast_draws_equal_torch_multinomial_in_the_scheduler(engine, monkeypatch):
+    from pocketgpt.generate import sampling as S
+    configs = [SampleConfig(max_new_tokens=20, temperature=t, seed=s, top_k=k) for t, s, k in
+               [(1.0, 1, 0), (1.0, 2, 0), (0.7, 3, 50), (1.0, 4, 0)]]
+
+    def tokens():
+        sched = Scheduler(engine, max_batch=4)
+        hs = [sched.submit([i + 1, i + 2], c) for i, c in enumerate(configs)]
+        run(sched)
+        return [h.result().tokens for h in hs]
+    fast = tokens()
+    monkeypatch.setattr(S, "_FAST", False)
+    assert tokens() == fast
+
+
+def test_bucketed_prefills_leave_every_row_unchanged(engine):
+    engine.bucket_prefill = True                      # what a CPU bf16 engine does; checked exactly here in fp32
+    sched = Scheduler(engine, max_batch=4)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8], list(range(10, 31))]
+    handles = [sched.submit(p, GREEDY) for p in prompts[:2]]
+    for _ in range(3):
+        sched.step()
+    handles.append(sched.submit(prompts[2], GREEDY))
+    run(sched)
+    engine.bucket_prefill = False
+    for p, h in zip(prompts, handles):
+        assert h.result().tokens == alone(engine, p, GREEDY)[0].tokens
