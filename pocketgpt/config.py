@@ -414,10 +414,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"max_steps": 3000, "batch_size": 16, "lr": 1e-3, "warmup_steps": 200},
     },
     # time-to-quality on a CPU (benchmarks/speedrun.py, runs/speedrun.sh): BPE tokens, RoPE, QK-norm, ReLU^2,
-    # untied head, Muon, bf16 autocast where native, a 25-second clock with evaluation only at the end
+    # Muon, bf16 autocast where native, a 25-second clock with evaluation only at the end. (An untied head
+    # measured 0.025 bits/byte worse at equal time: more parameters, slower steps; see benchmarks/README.md.)
     "cpu-speedrun": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "bias": False, "pos_encoding": "rope",
-                  "activation": "relu2", "qk_norm": True, "tie_embeddings": False},
+                  "activation": "relu2", "qk_norm": True, "tie_embeddings": True},
         "tokenizer": {"vocab_size": 2048},
         "corpus": {"val_fraction": 0.1},
         "train": {"max_steps": 100000, "max_time": 25.0, "batch_size": 16, "lr": 3e-3, "optimizer": "muon",
