@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SHAPES = {
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, steps=40, warmup=10),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=4, steps=8, warmup=3),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=4, steps=10, warmup=3),
     # --device cuda: GPT-2 124M at context 1024 in bf16, compiled, fused AdamW, flash attention through SDPA
     "gpt2-1024": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, steps=30, warmup=10),
 }
@@ -129,8 +129,8 @@ def main() -> None:
             if name == "small":
                 dataset, tok, vocabs = "shakespeare_char", ["--tokenizer.kind", "char"], (65, 261)
             else:
-                from pocketgpt.tokenizer import Tokenizer
-                gpt2 = Tokenizer.load(args.gpt2_vocab)
+                from pocketgpt.checkpoint import load_tokenizer
+                gpt2 = load_tokenizer(args.gpt2_vocab)
                 ids = np.array(gpt2.encode(text.read_text()), dtype=np.uint16)
                 cut = int(len(ids) * 0.9)
                 nanogpt.prepare_ids(root, "gpt2_tokens", ids[:cut], ids[cut:])
