@@ -179,3 +179,13 @@ def test_matmul_attention_dropout_drops_probabilities():
     torch.manual_seed(1)
     assert torch.equal(a, matmul_attention(q, k, v, 0.5))                # seeded, so repeatable
     assert not torch.allclose(a, matmul_attention(q, k, v))
+
+
+def test_speedrun_script_refuses_a_missing_text_file(tmp_path):
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "runs" / "speedrun.sh"
+    r = subprocess.run(["bash", str(script), str(tmp_path / "missing.txt"), str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
