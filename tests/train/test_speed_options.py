@@ -189,3 +189,11 @@ def test_speedrun_script_refuses_a_missing_text_file(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(__import__("pocketgpt.config", fromlist=["PRESETS"]).PRESETS))
+def test_every_preset_is_a_valid_run_config(name):
+    from pocketgpt.config import TrainRun, from_dict, get_preset
+    run = from_dict(TrainRun, get_preset(name))            # every key known, every value passes its checks
+    if run.model.pos_encoding == "rope":
+        assert run.model.head_dim % 2 == 0
