@@ -29,7 +29,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -274,8 +273,8 @@ def main() -> None:
 
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    print(f"| model | streams | aggregate tok/s | vs 1 stream | tok/s per stream | TTFT p50 / p90 / p99 ms | "
-          f"ITL p50 / p90 / p99 ms | decode steps/s | tokens per step |")
+    print("| model | streams | aggregate tok/s | vs 1 stream | tok/s per stream | TTFT p50 / p90 / p99 ms | "
+          "ITL p50 / p90 / p99 ms | decode steps/s | tokens per step |")
     print("|---|---|---|---|---|---|---|---|---|")
     for m, n, agg, ratio, per, ttft, itl, sps, tps in rows:
         print(f"| {LABELS[m]} | {n} | {agg:.1f} | {ratio:.2f}x | {per:.1f} | "

@@ -274,7 +274,7 @@ def main() -> int:
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
     print(f"{len(outcomes)} requests in {wall:.1f} s ({len(outcomes) / wall:.1f} requests/s)"
-          + ("" if len(outcomes) == args.requests else f" -- stopped by the time limit"))
+          + ("" if len(outcomes) == args.requests else " -- stopped by the time limit"))
     by_status = collections.Counter(o.status for o in outcomes)
     five = sum(c for s, c in by_status.items() if s is not None and s >= 500)
     order = sorted(by_status.items(), key=lambda x: (x[0] is None, x[0] or 0))

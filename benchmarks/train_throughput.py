@@ -164,7 +164,7 @@ def main() -> None:
             print(f"  [{name}] nanoGPT: {runs[ng_label][0]['cmd']}")
 
     print(f"\n{load_line()}")
-    print(f"| shape | run | ms/step | tokens/s | vs nanoGPT | MFU vs fp32 peak | MFU vs bf16 peak | peak RSS MiB |")
+    print("| shape | run | ms/step | tokens/s | vs nanoGPT | MFU vs fp32 peak | MFU vs bf16 peak | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, label, ms, tok_s, ratio, m32, m16, rss in rows:
         m16s = f"{m16:.1f}%" if m16 == m16 else "n/a"

@@ -40,6 +40,7 @@ import torch
 
 from pocketgpt.config import SampleConfig
 from pocketgpt.generate import sampling as S
+from pocketgpt.generate.batch_sampling import choose_tokens
 from pocketgpt.generate.engine import Completion, Engine, crop_prompt
 from pocketgpt.model import KVCache
 
@@ -366,7 +367,7 @@ class Scheduler:
         """Choose each row's next token from its logits, hand it over, retire the rows that finished."""
         finished: dict[int, str] = {}
         logits = self._logits.float().cpu()                  # (B, V): the generators live on the CPU
-        ids = self._choose(logits)
+        ids = choose_tokens(self._rows, logits)
         for a, (s, tid) in enumerate(zip(self._rows, ids)):
             if tid in s.stop:
                 finished[a] = "stop"
@@ -393,55 +394,6 @@ class Scheduler:
             self._rows[a].handle._finish(reason)
         self.finished += len(finished)
         self._drop(list(finished))
-
-    def _choose(self, logits: torch.Tensor) -> list[int]:
-        """Every row's next token from (B, V) CPU logits, as the engine picks alone: that row's bias and
-        penalties, then greedy or a draw from its own generator. Rows sharing temperature / top_k / top_p / min_p
-        are filtered and sampled together in one vectorised pass (sampling.pick_rows), which draws exactly what
-        row-by-row `pick` calls would."""
-        rows, x = self._rows, logits
-        for a, s in enumerate(rows):                         # per-row adjustments (rare): on a copy of the logits
-            sp, V = s.sample, logits.shape[-1]
-            if s.counts is None and (sp.frequency_penalty != 0 or sp.presence_penalty != 0):
-                s.counts = torch.zeros(V)
-            if s.seen is None and sp.repetition_penalty != 1.0:
-                s.seen = torch.zeros(V, dtype=torch.bool)
-                s.seen[s.context] = True
-            if not (sp.logit_bias or s.seen is not None or s.counts is not None):
-                continue
-            if x is logits:
-                x = logits.clone()
-            r = S.add_logit_bias(x[a:a + 1], sp.logit_bias)                               # (1, V)
-            if s.seen is not None:
-                r = S.repetition_penalty(r, s.seen[None], sp.repetition_penalty)
-            if s.counts is not None:
-                r = S.frequency_presence_penalty(r, s.counts[None], sp.frequency_penalty, sp.presence_penalty)
-            x[a] = r[0]
-        groups: dict[tuple, list[int]] = {}
-        for a, s in enumerate(rows):
-            sp, temp = s.sample, s.sample.effective_temperature
-            groups.setdefault((0.0, 0, 1.0, 0.0) if temp == 0 else (temp, sp.top_k, sp.top_p, sp.min_p), []).append(a)
-        out = torch.empty(len(rows), dtype=torch.long)
-        for (temp, top_k, top_p, min_p), idx in groups.items():
-            group = [rows[a] for a in idx]
-            noise = self._noise(group, x.shape[-1]) if temp > 0 else None
-            out[idx] = S.pick_rows(x if len(idx) == len(rows) else x[idx], [s.generator for s in group],
-                                   temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, noise=noise)
-        return out.tolist()
-
-    @staticmethod
-    def _noise(group: list[_Seq], V: int) -> Optional[torch.Tensor]:
-        """(len(group), V): each row's pre-drawn noise, drawn now for rows that have none (new rows); taken."""
-        if all(s.noise is None for s in group):
-            return None                                     # pick_rows draws it
-        missing = [s for s in group if s.noise is None]
-        if missing:
-            for s, row in zip(missing, S.draw_noise(V, [s.generator for s in missing])):
-                s.noise = row
-        q = torch.stack([s.noise for s in group])
-        for s in group:
-            s.noise = None
-        return q
 
     def _drop(self, rows: list[int]) -> None:
         """Remove rows from the batch (cache, logits and list) without finishing them."""
