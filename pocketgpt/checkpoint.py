@@ -17,27 +17,33 @@ What does not live here: the training loop, building optimizers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_tensors
 
-from pocketgpt.config import ModelConfig, from_dict, to_dict
+from pocketgpt.config import LoRAConfig, ModelConfig, from_dict, to_dict
 from pocketgpt.errors import UserError
-from pocketgpt.fileio import atomic_write, umask
+from pocketgpt.fileio import atomic_dir, atomic_write, fsync_dir, remove_leftovers
 from pocketgpt.model import GPT
+from pocketgpt.model.classifier import GPTClassifier
+from pocketgpt.model.lora import apply_lora, lora_modules, lora_state_dict
 from pocketgpt.tokenizer import Tokenizer
 
 FORMAT = "pocketgpt-checkpoint"
 VERSION = 1
 LATEST = "LATEST"
+ADAPTER_FORMAT = "pocketgpt-lora"
+ADAPTER_VERSION = 1
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -48,83 +54,64 @@ class Checkpoint:
     meta: dict[str, Any]          # everything in config.json besides the model config (step, extra)
 
 
-
-
-
-
 def _backup_name(name: str) -> str:
     """Where save_checkpoint parks an existing folder of the same name while it swaps the new one in."""
     return f".{name}.old"
 
 
-def _remove_leftovers(run_dir: Path, pattern: str) -> None:
-    """Temp files/folders (`.NAME.XXXX.tmp`) or parked folders (`.NAME.old`) left by a killed save.
+def write_checkpoint_files(
+    folder: Path,
+    model: GPT,
+    tokenizer: Tokenizer,
+    *,
+    step: int = 0,
+    train_state: dict | None = None,
+    extra: dict | None = None,
+    write_weights: Callable[[Path], None] | None = None,
+) -> None:
+    """The files of one checkpoint, written into `folder` (which the caller publishes atomically)."""
+    if write_weights is not None:
+        write_weights(folder)
+    else:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if model.config.tie_embeddings:
+            state.pop("lm_head.weight", None)  # one copy of the shared matrix
+        save_file(state, str(folder / "model.safetensors"))
+    meta = {"format": FORMAT, "version": VERSION, "step": step, "model": to_dict(model.config), **(extra or {})}
+    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    tokenizer.save(folder)
+    if train_state is not None:
+        torch.save(train_state, folder / "train_state.pt")
 
-    One writer per run folder is assumed (as for LATEST itself)."""
-    for p in run_dir.glob(pattern):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def save_checkpoint(run_dir: Path | str, name: str, model: GPT, tokenizer: Tokenizer, *,
-                    step: int = 0, train_state: Optional[dict] = None, extra: Optional[dict] = None,
-                    keep_last: int = 1, write_weights: Optional[Callable[[Path], None]] = None) -> Path:
+def save_checkpoint(
+    run_dir: Path | str,
+    name: str,
+    model: GPT,
+    tokenizer: Tokenizer,
+    *,
+    step: int = 0,
+    train_state: dict | None = None,
+    extra: dict | None = None,
+    keep_last: int = 1,
+    write_weights: Callable[[Path], None] | None = None,
+) -> Path:
     """Write run_dir/name atomically, point LATEST at it, then drop older checkpoints beyond keep_last.
 
     `write_weights(folder)` replaces the default model.safetensors (a LoRA run writes only its adapter).
+    A folder of the same name is parked as `.NAME.old` (which `resolve` falls back to) until LATEST is written.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(run_dir, ".*.tmp")
+    remove_leftovers(run_dir, ".*.tmp")
     final = run_dir / name
-    backup = run_dir / _backup_name(name)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, 0o777 & ~umask())                  # mkdtemp makes 0700; give the usual permissions
-        if write_weights is not None:
-            write_weights(tmp)
-        else:
-            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-            if model.config.tie_embeddings:
-                state.pop("lm_head.weight", None)         # one copy of the shared matrix
-            save_file(state, str(tmp / "model.safetensors"))
-        meta = {"format": FORMAT, "version": VERSION, "step": step, "model": to_dict(model.config), **(extra or {})}
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        tokenizer.save(tmp)
-        if train_state is not None:
-            torch.save(train_state, tmp / "train_state.pt")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask())
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            # 1) park the old folder (LATEST may name it: resolve() falls back to the parked copy)
-            # 2) move the new one into place  # 3) drop the parked copy once LATEST is written
-            if backup.exists():
-                shutil.rmtree(backup)
-            os.replace(final, backup)
-        os.replace(tmp, final)
-        _fsync_dir(run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(final, if_exists="park", park_as=run_dir / _backup_name(name)) as tmp:
+        write_checkpoint_files(
+            tmp, model, tokenizer, step=step, train_state=train_state, extra=extra, write_weights=write_weights
+        )
     atomic_write(run_dir / LATEST, name + "\n")
-    _fsync_dir(run_dir)
-    _remove_leftovers(run_dir, ".*.old")                  # LATEST names a complete folder: parked ones can go
+    fsync_dir(run_dir)
+    remove_leftovers(run_dir, ".*.old")  # LATEST names a complete folder: parked ones can go
     old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
     for p in old[: max(0, len(old) - (keep_last - 1))]:
         shutil.rmtree(p, ignore_errors=True)
@@ -185,7 +172,6 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
 
 def _build(cfg: ModelConfig, meta: dict) -> GPT:
     if meta.get("task") == "classify":
-        from pocketgpt.finetune.classify import GPTClassifier
         return GPTClassifier(cfg, len(meta["labels"]))
     return GPT(cfg)
 
@@ -217,7 +203,6 @@ def check_tensors(own: dict, given: dict, *, required: set, problem: str) -> Non
 
 def _load_adapter_model(ckpt: Path, cfg: ModelConfig, meta: dict) -> GPT:
     """Base checkpoint + (vocabulary grown for chat tokens) + (classifier head) + LoRA adapter, unmerged."""
-    from pocketgpt.finetune.lora import load_adapter
     base_path = meta.get("base_checkpoint")
     if not base_path or not Path(base_path).exists():
         raise UserError(f"{ckpt} is a LoRA adapter; its base checkpoint {base_path!r} is missing")
@@ -225,7 +210,6 @@ def _load_adapter_model(ckpt: Path, cfg: ModelConfig, meta: dict) -> GPT:
     if model.config.vocab_size < cfg.vocab_size:
         model.resize_vocab(cfg.vocab_size)
     if meta.get("task") == "classify":
-        from pocketgpt.finetune.classify import GPTClassifier
         model = GPTClassifier.from_gpt(model, len(meta["labels"]))
     load_adapter(model, ckpt)
     return model
@@ -267,3 +251,67 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         if any((p / f).exists() for f in ("encoder.json", "vocab.json")):
             return Tokenizer.from_gpt2_files(p)
     return Tokenizer.load(p)
+
+
+# ---- LoRA adapter folders: adapter.safetensors + adapter_config.json, a few hundred KB beside a base checkpoint
+
+
+def save_adapter(directory: Path | str, model: nn.Module, cfg: LoRAConfig,
+                 extra_tensors: Optional[dict[str, torch.Tensor]] = None, meta: Optional[dict] = None) -> None:
+    """Write directory/adapter.safetensors (lora tensors + extra_tensors, e.g. a classifier head) and
+    directory/adapter_config.json, each atomically."""
+    directory = Path(directory)
+    tensors = lora_state_dict(model)
+    if not tensors:
+        raise UserError("the model has no LoRA layers to save; call apply_lora first")
+    clash = sorted(set(tensors) & set(extra_tensors or {}))
+    if clash:
+        raise ValueError(f"extra_tensors repeat adapter tensor names: {clash}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in {**tensors, **(extra_tensors or {})}.items()}
+    config = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "lora": asdict(cfg), "targets": list(lora_modules(model))}
+    clash = sorted(set(config) & set(meta or {}))
+    if clash:
+        raise ValueError(f"meta may not override {clash}")
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / ADAPTER_WEIGHTS, save_tensors(tensors))
+    atomic_write(directory / ADAPTER_CONFIG, json.dumps({**config, **(meta or {})}, indent=2))
+
+
+def read_adapter_config(directory: Path | str) -> dict:
+    """adapter_config.json of an adapter folder, checked to be one (UserError otherwise)."""
+    directory = Path(directory)
+    path = directory / ADAPTER_CONFIG
+    if not path.is_file():
+        raise UserError(f"not a LoRA adapter folder (no {ADAPTER_CONFIG}): {directory}")
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise UserError(f"LoRA adapter folder has no {ADAPTER_WEIGHTS}: {directory}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"adapter config is unreadable: {path} ({e.__class__.__name__})") from None
+    if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT or "lora" not in config:
+        raise UserError(f"not a pocketgpt LoRA adapter (format={config.get('format') if isinstance(config, dict) else None!r}): {path}")
+    return config
+
+
+def load_adapter(model: nn.Module, directory: Path | str) -> LoRAConfig:
+    """Apply the folder's LoRA config to `model` (unless applied already) and load its tensors.
+
+    Non-LoRA tensors in the file (e.g. `score.weight`) are copied into the model's tensor of that name.
+    Any name or shape that does not fit raises UserError("adapter does not match this checkpoint: ...")."""
+    directory = Path(directory)
+    config = read_adapter_config(directory)
+    cfg = from_dict(LoRAConfig, config["lora"])
+    try:
+        tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"adapter weights are truncated or corrupt: {directory / ADAPTER_WEIGHTS} ({e})") from None
+    if not lora_modules(model):
+        try:
+            apply_lora(model, cfg)
+        except UserError as e:
+            raise UserError(f"adapter does not match this checkpoint: {e}") from None
+    check_tensors(model.state_dict(), tensors, required=set(lora_state_dict(model)),
+                  problem=f"adapter does not match this checkpoint ({directory})")
+    model.load_state_dict(tensors, strict=False)
+    return cfg

@@ -8,7 +8,6 @@ import torch
 
 from pocketgpt.config import ModelConfig
 from pocketgpt.evaluate import evaluate_tokens
-from pocketgpt.model import GPT
 
 
 class Uniform(torch.nn.Module):

@@ -15,8 +15,7 @@ from typing import Optional
 from pocketgpt.cli.fields import add_dataclass_flags, dataclass_from
 from pocketgpt.config import SampleConfig
 from pocketgpt.errors import UserError
-from pocketgpt.tokenizer.chat import TEMPLATE, render_for_completion, stop_token_ids
-from pocketgpt.tokenizer.special import CHAT_TOKENS
+from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
 
 SKIP = {"stop", "num_beams", "num_samples", "logprobs", "top_logprobs",   # one streamed answer per turn,
         "length_penalty", "early_stopping"}                           # never a beam search
@@ -110,13 +109,10 @@ def _check_chat_ready(path) -> None:
     from pocketgpt.tokenizer import Tokenizer
     meta = read_meta(path)
     template = meta.get("chat_template")
-    if template is not None and template != TEMPLATE:
-        raise UserError(f"this checkpoint uses the chat template {template!r}, but this pocketgpt renders {TEMPLATE!r}")
-    tok = Tokenizer.load(resolve(path))
-    missing = [s for s in CHAT_TOKENS if s not in tok.special_tokens]
-    if missing:
-        raise UserError(f"this checkpoint was not fine-tuned for chat: its tokenizer lacks {', '.join(missing)}; "
-                        "fine-tune it first with `pocketgpt finetune --task chat`")
+    problem = chat_problem(Tokenizer.load(resolve(path)), template)
+    if problem:
+        hint = "; fine-tune it first with `pocketgpt finetune --task chat`" if "lacks" in problem else ""
+        raise UserError(problem + hint)
     if template is None:
         warnings.warn("this checkpoint's config names no chat_template: unless it was fine-tuned with "
                       "`pocketgpt finetune --task chat`, its answers will be noise")

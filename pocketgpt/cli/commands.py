@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketgpt.cli.fields import dataclass_from
+from pocketgpt.cli.fields import dataclass_from, run_from_namespace
 from pocketgpt.config import CorpusConfig, SampleConfig, TokenizerConfig
 from pocketgpt.errors import UserError
 
@@ -22,9 +22,9 @@ def dispatch(ns) -> int:
 
 
 def cmd_train(ns) -> int:
-    from pocketgpt.cli.main import run_from_namespace
+    from pocketgpt.config import TrainRun
     from pocketgpt.train.pretrain import pretrain
-    result = pretrain(run_from_namespace(ns), resume=bool(ns.resume))
+    pretrain(run_from_namespace(ns, TrainRun), resume=bool(ns.resume))
     return 0
 
 
@@ -146,7 +146,6 @@ def cmd_convert(ns) -> int:
 
 
 def cmd_finetune(ns) -> int:
-    from pocketgpt.cli.main import run_from_namespace
     from pocketgpt.config import FinetuneRun
     from pocketgpt.finetune.run import finetune
     finetune(ns.checkpoint, run_from_namespace(ns, FinetuneRun), resume=bool(ns.resume))

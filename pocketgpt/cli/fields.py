@@ -14,6 +14,8 @@ import typing
 
 from jsonargparse import ArgumentParser
 
+from pocketgpt.config import from_dict
+
 
 @functools.lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
@@ -47,3 +49,12 @@ def dataclass_from(ns, cls: type, prefix: str = ""):
     """Build `cls` from the flags add_dataclass_flags added (checks in __post_init__ run here)."""
     return cls(**{f.name: getattr(ns, f"{prefix}{f.name}") for f in dataclasses.fields(cls)
                   if hasattr(ns, f"{prefix}{f.name}")})
+
+
+def run_from_namespace(ns, cls: type):
+    """The TrainRun / FinetuneRun dataclass from parsed flags (checks in __post_init__ run here)."""
+    d = ns.as_dict()
+    for k in ("preset", "config", "resume", "command", "checkpoint", "__path__"):
+        d.pop(k, None)
+    return from_dict(cls, {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v)
+                           for k, v in d.items()})

@@ -17,7 +17,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from pocketgpt.cli.fields import add_dataclass_flags
 from pocketgpt.config import (CorpusConfig, FinetuneRun, SampleConfig, ServeConfig, TokenizerConfig, TrainRun,
-                              from_dict, get_preset, preset_names)
+                              get_preset, preset_names)
 from pocketgpt.errors import UserError
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -221,15 +221,6 @@ def _main(argv: list[str]) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-
-def run_from_namespace(ns, cls=TrainRun):
-    """The TrainRun / FinetuneRun dataclass from parsed flags (checks in __post_init__ run here)."""
-    d = ns.as_dict()
-    for k in ("preset", "config", "resume", "command", "checkpoint", "__path__"):
-        d.pop(k, None)
-    return from_dict(cls, {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v)
-                           for k, v in d.items()})
 
 
 if __name__ == "__main__":

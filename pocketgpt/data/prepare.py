@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -24,6 +22,7 @@ import numpy as np
 
 from pocketgpt.data.corpus import Document, corpus_fingerprint, iter_documents, split_documents
 from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_dir
 from pocketgpt.tokenizer import Tokenizer
 
 PREPARE_VERSION = 1
@@ -126,32 +125,20 @@ def prepare(data: Optional[str], tokenizer: Tokenizer, cache_dir: Path | str, *,
         docs = split_documents(iter_documents(data, include_source=include_source, extensions=extensions),
                                val_fraction, seed=seed)
     train_docs, val_docs = docs
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".prepare-", suffix=".tmp"))
-    try:
+    if folder.exists():                      # a stale or broken folder of the same name (complete ones returned above)
+        shutil.rmtree(folder)
+    # if_exists="keep": another process that prepared the same input meanwhile wins, and we use its copy
+    # (never delete a folder another process may be reading)
+    with atomic_dir(folder, if_exists="keep") as tmp:
         splits = {"train": _write_split(train_docs, tokenizer, tmp, "train"),
                   "val": _write_split(val_docs, tokenizer, tmp, "val")}
         meta = {"fingerprint": key, "tokenizer": tokenizer.fingerprint(), "n_vocab": tokenizer.n_vocab,
                 "corpus": data or "<built-in>", "include_source": include_source, "val_fraction": val_fraction,
                 "dtype": token_dtype(tokenizer.n_vocab).name, "splits": splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        theirs = _prepared_meta(folder, key)
-        if theirs is not None:                    # another process prepared the same input meanwhile: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)   # (never delete a folder it may be reading)
-            return Prepared(folder, theirs)
-        if folder.exists():                       # a stale or broken folder of the same name
-            shutil.rmtree(folder)
-        try:
-            os.replace(tmp, folder)
-        except OSError:                           # lost a race to a concurrent prepare of the same input
-            theirs = _prepared_meta(folder, key)
-            if theirs is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            return Prepared(folder, theirs)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    meta = _prepared_meta(folder, key)
+    if meta is None:
+        raise UserError(f"prepared data in {folder} is incomplete (another process wrote it?); delete it and retry")
     if verbose:
         t, v = splits["train"], splits["val"]
         print(f"data: {t['documents']} + {v['documents']} documents, {t['tokens']:,} train / {v['tokens']:,} val tokens "

@@ -5,24 +5,22 @@ is a bare adapter (adapter.safetensors + adapter_config.json) or a LoRA fine-tun
 which also holds its tokenizer (used instead of the base's, e.g. with chat tokens added). Extra tensors
 ride along: a classifier head (`score.weight`) gives a classifier checkpoint ({"task": "classify",
 "labels"}), a grown embedding table grows the base vocabulary first.
-What does not live here: LoRA itself (lora.py), the checkpoint format (checkpoint.py), argv.
+What does not live here: LoRA layers (model/lora.py), the checkpoint format (checkpoint.py), argv.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from safetensors import safe_open
 
-from pocketgpt.checkpoint import load_checkpoint, resolve, save_checkpoint
+from pocketgpt.checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, load_checkpoint, read_adapter_config,
+                                  resolve, save_checkpoint)
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.classify import GPTClassifier
-from pocketgpt.finetune.lora import CONFIG, WEIGHTS, load_adapter, merge_lora, read_adapter_config
-from pocketgpt.fileio import umask
+from pocketgpt.fileio import atomic_dir
+from pocketgpt.model.classifier import GPTClassifier
+from pocketgpt.model.lora import merge_lora
 from pocketgpt.tokenizer import Tokenizer
 from pocketgpt.tokenizer.bpe import FILENAME as TOKENIZER_FILE
 
@@ -33,7 +31,7 @@ NOT_COPIED = ("format", "version", "step", "model", "lora", "targets", "adapter"
 
 def _adapter_folder(path: Path) -> Path:
     """The folder holding adapter_config.json: `path` itself, or the checkpoint a run folder's LATEST names."""
-    if not (path / CONFIG).exists() and path.is_dir() and not (path / "config.json").exists():
+    if not (path / ADAPTER_CONFIG).exists() and path.is_dir() and not (path / "config.json").exists():
         try:
             return resolve(path)
         except UserError:
@@ -51,7 +49,7 @@ def merge_checkpoint(checkpoint_dir: Path | str, adapter_dir: Path | str, out: P
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output folder is not empty: {out}")
     config = read_adapter_config(adapter_dir)
-    with safe_open(str(adapter_dir / WEIGHTS), framework="pt") as f:
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     # 2) base model (+ grown vocabulary, + classifier head), adapter, merge
     ckpt = load_checkpoint(checkpoint_dir)
@@ -74,15 +72,6 @@ def merge_checkpoint(checkpoint_dir: Path | str, adapter_dir: Path | str, out: P
     merge_lora(model)
     extra["merged_from"] = {"checkpoint": str(ckpt.path), "adapter": str(adapter_dir), "lora": asdict(lora_cfg)}
     # 3) write into a temp sibling, then rename it into place
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, 0o777 & ~umask())
+    with atomic_dir(out) as tmp:
         save_checkpoint(tmp, "ckpt-0000000", model, tokenizer, step=0, extra=extra)
-        if out.exists():
-            out.rmdir()                                      # empty (checked above); rename needs it gone
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

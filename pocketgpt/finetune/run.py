@@ -21,11 +21,14 @@ import numpy as np
 import torch
 import yaml
 
-from pocketgpt.checkpoint import load_checkpoint, load_train_state, prepare_run_dir, resolve, save_checkpoint
+from pocketgpt.checkpoint import (load_checkpoint, load_train_state, prepare_run_dir, resolve, save_adapter,
+                                  save_checkpoint)
 from pocketgpt.config import FinetuneRun, to_dict
 from pocketgpt.device import setup_device
 from pocketgpt.errors import UserError
 from pocketgpt.fileio import atomic_write
+from pocketgpt.model.classifier import GPTClassifier
+from pocketgpt.model.lora import apply_lora
 from pocketgpt.plot import plot_run
 from pocketgpt.train.loop import LoopResult, train_loop
 
@@ -100,7 +103,7 @@ def classify_task(run: FinetuneRun, model, tokenizer, device, dtype) -> Task:
     print(f"classify: {len(encoded)} examples, labels {names}; {stats.get('cropped', 0)} cropped, "
           f"{stats.get('dropped', 0)} dropped")
     tr, va = _split(len(encoded), run.val_fraction, run.train.seed)
-    clf = C.GPTClassifier.from_gpt(model, len(names))
+    clf = GPTClassifier.from_gpt(model, len(names))
     batches = C.ClassifyBatches([encoded[i] for i in tr], [label_ids[i] for i in tr], run.train.batch_size,
                                 model.config.block_size, tokenizer.eot_id, seed=run.train.seed, device=device)
     val_x, val_y = [encoded[i] for i in va], [label_ids[i] for i in va]
@@ -136,7 +139,6 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
     meta = {"task": run.task, "base_checkpoint": str(base_path), **task.meta}
     lora = run.lora.rank > 0
     if lora:
-        from pocketgpt.finetune.lora import apply_lora
         apply_lora(model, run.lora)
         for name, p in model.named_parameters():
             if name in task.extra_trainable:
@@ -161,7 +163,6 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
         extra = {**meta, "trainable_parameters": n_train}
         writer = None
         if lora:
-            from pocketgpt.finetune.lora import save_adapter
             extra_tensors = {n: p.detach() for n, p in model.named_parameters() if n in task.extra_trainable}
             extra.update(adapter=True, lora=dataclasses.asdict(run.lora))
             writer = lambda d: save_adapter(d, model, run.lora, extra_tensors=extra_tensors, meta=meta)  # noqa: E731

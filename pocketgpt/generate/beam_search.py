@@ -14,13 +14,13 @@ from typing import Iterable
 import torch
 
 from pocketgpt.config import SampleConfig
-from pocketgpt.generate.engine import Completion, Engine, crop_prompt
+from pocketgpt.generate.completion import Completion, crop_prompt
 
 NEG = -1.0e9
 
 
 @torch.inference_mode()
-def beam_search(engine: Engine, prompt: list[int], sample: SampleConfig, stop_ids: Iterable[int] = ()) -> list[Completion]:
+def beam_search(engine, prompt: list[int], sample: SampleConfig, stop_ids: Iterable[int] = ()) -> list[Completion]:
     W, lp, early = sample.num_beams, sample.length_penalty, sample.early_stopping
     max_new = sample.max_new_tokens
     if max_new == 0:

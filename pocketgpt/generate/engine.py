@@ -21,29 +21,9 @@ import torch
 
 from pocketgpt.config import SampleConfig
 from pocketgpt.generate import sampling as S
+from pocketgpt.generate.beam_search import beam_search
+from pocketgpt.generate.completion import Completion, bucket_length, crop_prompt
 from pocketgpt.model import KVCache
-
-
-@dataclass
-class Completion:
-    tokens: list[int]
-    finish_reason: str = "length"                 # "stop": a stop token or should_stop; "length": max_new_tokens
-    logprobs: Optional[list[float]] = None        # log-probability of each token under the model
-    top_logprobs: Optional[list[list[tuple[int, float]]]] = None
-    score: Optional[float] = None                 # beam search: sum log-prob / length ** length_penalty
-
-
-def crop_prompt(ids: list[int], block_size: int) -> tuple[list[int], bool]:
-    """The last block_size - 1 tokens of the prompt (room for one new token), and whether it was cropped."""
-    limit = max(1, block_size - 1)
-    return (ids[-limit:], True) if len(ids) > limit else (list(ids), False)
-
-
-def bucket_length(n: int) -> int:
-    """n rounded up to one of few lengths: a multiple of 16 up to 64, then of a quarter of the power of two at or
-    below n (at most 25% more): about 20 lengths up to a context of 1024."""
-    step = max(16, 1 << max(0, n.bit_length() - 3))
-    return -(-n // step) * step
 
 
 @dataclass
@@ -114,7 +94,6 @@ class Engine:
         True ends that row with finish_reason "stop", keeping the token (the caller trims text).
         """
         if sample.num_beams > 1:
-            from pocketgpt.generate.beam_search import beam_search
             return [beam_search(self, p, sample, stop_ids) for p in prompts]
         rows = list(self._run(prompts, sample, stop_ids, should_stop))
         n = sample.num_samples

@@ -41,7 +41,8 @@ import torch
 from pocketgpt.config import SampleConfig
 from pocketgpt.generate import sampling as S
 from pocketgpt.generate.batch_sampling import choose_tokens
-from pocketgpt.generate.engine import Completion, Engine, crop_prompt
+from pocketgpt.generate.completion import Completion, crop_prompt
+from pocketgpt.generate.engine import Engine
 from pocketgpt.model import KVCache
 
 

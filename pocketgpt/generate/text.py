@@ -18,7 +18,8 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from pocketgpt.config import SampleConfig
-from pocketgpt.generate.engine import Completion, Engine, crop_prompt
+from pocketgpt.generate.completion import Completion, crop_prompt
+from pocketgpt.generate.engine import Engine
 
 
 @dataclass

@@ -23,9 +23,7 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,9 +33,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pocketgpt.checkpoint import load_checkpoint, save_checkpoint
+from pocketgpt.checkpoint import load_checkpoint, write_checkpoint_files
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_dir
 from pocketgpt.interop.hf_tokenizer import check_exportable, load_hf_tokenizer, save_hf_tokenizer
 from pocketgpt.model import GPT
 
@@ -346,13 +345,6 @@ def _check_out(out: str | Path) -> Path:
     return out
 
 
-def _publish(staged: Path, out: Path) -> None:
-    """Move the finished folder into place (an empty OUT the user made is replaced)."""
-    if out.is_dir():
-        out.rmdir()
-    os.replace(staged, out)
-
-
 def convert_from_hf(source: str | Path, out: str | Path) -> Path:
     """A Hugging Face GPT-2 folder or Hub id -> a pocketgpt checkpoint folder at `out` (returned)."""
     out = _check_out(out)
@@ -365,14 +357,8 @@ def convert_from_hf(source: str | Path, out: str | Path) -> Path:
                         f"vocab_size is {cfg.vocab_size}")
     model = GPT(cfg)
     model.load_state_dict(state)                                           # copies into float32 parameters
-    out.parent.mkdir(parents=True, exist_ok=True)
-    run = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        ckpt = save_checkpoint(run, "checkpoint", model.eval(), tokenizer,
-                               extra={"converted_from": f"huggingface-gpt2:{source}"})
-        _publish(ckpt, out)
-    finally:
-        shutil.rmtree(run, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        write_checkpoint_files(tmp, model.eval(), tokenizer, extra={"converted_from": f"huggingface-gpt2:{source}"})
     return out
 
 
@@ -384,16 +370,10 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
     hf_config = config_to_hf(cfg, eot_id=tokenizer.eot_id)
     check_exportable(tokenizer)
     state = to_hf_state_dict(ckpt.model.float(), lm_head=False)          # HF re-ties lm_head to wte on load
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         save_hf_tokenizer(tokenizer, tmp, model_max_length=cfg.block_size)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

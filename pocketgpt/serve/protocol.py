@@ -14,8 +14,7 @@ from typing import Any, Optional
 
 from pocketgpt.config import SampleConfig, ServeConfig
 from pocketgpt.errors import UserError
-from pocketgpt.tokenizer.chat import TEMPLATE, render_for_completion, stop_token_ids
-from pocketgpt.tokenizer.special import CHAT_TOKENS
+from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
 
 
 ServeLimits = ServeConfig     # the old name of the server's settings, kept for callers that import it from here
@@ -159,12 +158,11 @@ def parse_job(body: Any, tokenizer, block_size: int, limits: ServeConfig, *, cha
 
 
 def _chat_prompt(body: dict, tokenizer, template: Optional[str]) -> list[list[int]]:
-    missing = [s for s in CHAT_TOKENS if s not in tokenizer.special_tokens]
-    if missing:
-        raise bad(f"this model was not fine-tuned for chat (its tokenizer lacks {', '.join(missing)}): "
-                  "use /v1/completions", "messages", "chat_not_supported")
-    if template is not None and template != TEMPLATE:
-        raise bad(f"this model uses the chat template {template!r}; this server renders {TEMPLATE!r}", "messages")
+    problem = chat_problem(tokenizer, template)
+    if problem:
+        lacks = "lacks" in problem
+        raise bad(problem + ("; use /v1/completions" if lacks else ""), "messages",
+                  "chat_not_supported" if lacks else None)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list of {\"role\", \"content\"} objects", "messages")

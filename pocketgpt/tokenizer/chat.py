@@ -58,6 +58,18 @@ def validate_messages(messages, *, where: str = "", need_assistant: bool = False
     return out
 
 
+def chat_problem(tokenizer, template: str | None) -> str | None:
+    """Why a checkpoint cannot chat with this pocketgpt (None: it can). The one chat-readiness check: the CLI chat,
+    the server and anything else that renders chats ask it. `template` is the checkpoint's recorded
+    chat_template (None when it records none: such a checkpoint may still have been fine-tuned for chat)."""
+    missing = [s for s in CHAT_TOKENS if s not in tokenizer.special_tokens]
+    if missing:
+        return f"this checkpoint was not fine-tuned for chat: its tokenizer lacks {', '.join(missing)}"
+    if template is not None and template != TEMPLATE:
+        return f"this checkpoint uses the chat template {template!r}, but this pocketgpt renders {TEMPLATE!r}"
+    return None
+
+
 def _chat_ids(tokenizer) -> dict[str, int]:
     """Special string -> id for EOT and the chat tokens; UserError if the tokenizer lacks any."""
     missing = [s for s in CHAT_TOKENS if s not in tokenizer.special_tokens]

@@ -11,8 +11,9 @@ import torch.nn as nn
 
 from pocketgpt.config import TrainConfig
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.classify import (ClassifyBatches, GPTClassifier, classify_metrics, encode_texts, label_set,
-                                         predict, read_labelled)
+from pocketgpt.finetune.classify import (ClassifyBatches, classify_metrics, encode_texts, label_set, predict,
+                                         read_labelled)
+from pocketgpt.model.classifier import GPTClassifier
 from pocketgpt.model import GPT
 from pocketgpt.train.loop import train_loop
 

@@ -125,7 +125,7 @@ def test_bad_classify_data_and_lora(run_cli, base, tmp_path, content, flags, nee
 
 def test_classify_end_to_end_and_head_errors(run_cli, base, tmp_path):
     p = tmp_path / "s.csv"
-    p.write_text("text,label\n" + "".join(f"the model reads tokens,good\nlayer norms python code,bad\n"
+    p.write_text("text,label\n" + "".join("the model reads tokens,good\nlayer norms python code,bad\n"
                                           for _ in range(20)))
     code, out, err = run_cli("finetune", base, "--data", p, "--out", tmp_path / "cls", "--task", "classify",
                              "--train.max_steps", "30", "--train.lr", "3e-3", *FAST)

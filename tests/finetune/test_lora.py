@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from pocketgpt.checkpoint import load_checkpoint, save_checkpoint
 from pocketgpt.config import LoRAConfig, ModelConfig
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.classify import GPTClassifier
-from pocketgpt.finetune.lora import (LoRALinear, apply_lora, load_adapter, lora_state_dict, merge_lora, save_adapter)
+from pocketgpt.model.classifier import GPTClassifier
+from pocketgpt.checkpoint import load_adapter, save_adapter
+from pocketgpt.model.lora import LoRALinear, apply_lora, lora_state_dict, merge_lora
 from pocketgpt.finetune.merge import merge_checkpoint
 from pocketgpt.model import GPT
 

@@ -1,6 +1,5 @@
 """The training loop: a tiny model overfits one batch; the schedule; decay groups; batches are a function of the step."""
 
-import math
 
 import numpy as np
 import pytest

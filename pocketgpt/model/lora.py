@@ -3,36 +3,21 @@
     y = W x + b + (alpha / rank) * B A dropout(x)        A (rank, in) random, B (out, rank) zeros
 
 so training starts from exactly the base model. Here: `LoRALinear`, wrapping chosen layers in place
-(`apply_lora`), merging the update into W (`merge_lora`), and the adapter folder (adapter.safetensors +
-adapter_config.json), a few hundred KB next to a checkpoint of many MB.
-
-What does not live here: the training loop, checkpoints of the base model (checkpoint.py), argv.
+(`apply_lora`), and merging the update into W (`merge_lora`). Model pieces only: the adapter folder
+(adapter.safetensors + adapter_config.json) is an on-disk format and lives in checkpoint.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from dataclasses import asdict
-from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from pocketgpt.config import LoRAConfig, from_dict
+from pocketgpt.config import LoRAConfig
 from pocketgpt.errors import UserError
-from pocketgpt.fileio import atomic_write, umask
 
-FORMAT = "pocketgpt-lora"
-VERSION = 1
-WEIGHTS = "adapter.safetensors"
-CONFIG = "adapter_config.json"
 TARGETS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
 
 
@@ -140,75 +125,3 @@ def merge_lora(model: nn.Module) -> None:
         plain.weight, plain.bias = m.weight, m.bias
         plain.train(m.training)
         _replace(model, name, plain)
-
-
-def save_adapter(directory: Path | str, model: nn.Module, cfg: LoRAConfig,
-                 extra_tensors: Optional[dict[str, torch.Tensor]] = None, meta: Optional[dict] = None) -> None:
-    """Write directory/adapter.safetensors (lora tensors + extra_tensors, e.g. a classifier head) and
-    directory/adapter_config.json, each atomically (temp file, then os.replace)."""
-    directory = Path(directory)
-    tensors = lora_state_dict(model)
-    if not tensors:
-        raise UserError("the model has no LoRA layers to save; call apply_lora first")
-    clash = sorted(set(tensors) & set(extra_tensors or {}))
-    if clash:
-        raise ValueError(f"extra_tensors repeat adapter tensor names: {clash}")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in {**tensors, **(extra_tensors or {})}.items()}
-    config = {"format": FORMAT, "version": VERSION, "lora": asdict(cfg), "targets": list(lora_modules(model))}
-    clash = sorted(set(config) & set(meta or {}))
-    if clash:
-        raise ValueError(f"meta may not override {clash}")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.chmod(tmp, 0o666 & ~umask())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    atomic_write(directory / CONFIG, json.dumps({**config, **(meta or {})}, indent=2))
-
-
-def read_adapter_config(directory: Path | str) -> dict:
-    """adapter_config.json of an adapter folder, checked to be one (UserError otherwise)."""
-    directory = Path(directory)
-    path = directory / CONFIG
-    if not path.is_file():
-        raise UserError(f"not a LoRA adapter folder (no {CONFIG}): {directory}")
-    if not (directory / WEIGHTS).is_file():
-        raise UserError(f"LoRA adapter folder has no {WEIGHTS}: {directory}")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"adapter config is unreadable: {path} ({e.__class__.__name__})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "lora" not in config:
-        raise UserError(f"not a pocketgpt LoRA adapter (format={config.get('format') if isinstance(config, dict) else None!r}): {path}")
-    return config
-
-
-def load_adapter(model: nn.Module, directory: Path | str) -> LoRAConfig:
-    """Apply the folder's LoRA config to `model` (unless applied already) and load its tensors.
-
-    Non-LoRA tensors in the file (e.g. `score.weight`) are copied into the model's tensor of that name.
-    Any name or shape that does not fit raises UserError("adapter does not match this checkpoint: ...")."""
-    directory = Path(directory)
-    config = read_adapter_config(directory)
-    cfg = from_dict(LoRAConfig, config["lora"])
-    try:
-        tensors = load_file(str(directory / WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"adapter weights are truncated or corrupt: {directory / WEIGHTS} ({e})") from None
-    if not lora_modules(model):
-        try:
-            apply_lora(model, cfg)
-        except UserError as e:
-            raise UserError(f"adapter does not match this checkpoint: {e}") from None
-    from pocketgpt.checkpoint import check_tensors
-    check_tensors(model.state_dict(), tensors, required=set(lora_state_dict(model)),
-                  problem=f"adapter does not match this checkpoint ({directory})")
-    model.load_state_dict(tensors, strict=False)
-    return cfg
