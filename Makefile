@@ -10,19 +10,22 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Benchmarks measure what a user gets, the default policy (PASSIVE halves tiny-model decoding speed).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: quickstart test test-all bench setup clean
+.PHONY: quickstart test test-all lint format bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e .
+# pyproject.toml holds compatible ranges; constraints.txt the exact versions make and CI install.
+PIP := $(BIN)/pip install --quiet -c constraints.txt
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev,hf,serve,recipes,browser]"
+$(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed
+	$(PIP) -e ".[dev,hf,serve,recipes,browser]"
 	touch $@
 
 $(CHROMIUM):
@@ -39,6 +42,15 @@ quickstart: $(VENV)/.installed
 # POCKETGPT_REQUIRE_BROWSER=1: the browser test fails instead of skipping when Chromium or Playwright is missing.
 test: $(VENV)/.installed-dev | $(CHROMIUM)
 	POCKETGPT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# ruff: lint (pyflakes, pycodestyle, bugbear, pyupgrade, import order) and formatting, as configured in pyproject.toml
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check pocketgpt tests benchmarks recipes
+	$(BIN)/ruff format --check pocketgpt tests benchmarks recipes
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff check --fix pocketgpt tests benchmarks recipes
+	$(BIN)/ruff format pocketgpt tests benchmarks recipes
 
 test-all: $(VENV)/.installed-dev | $(CHROMIUM)
 	POCKETGPT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q

@@ -1,4 +1,6 @@
-"""Shared by the benchmark scripts: the machine's description and measured peaks (printed with every table)."""
+"""Shared by the benchmark scripts: the header line (the machine, from pocketgpt.device), timing and process helpers.
+
+Matmul peaks and native-bf16 detection come from pocketgpt.device (peak_flops, native_bf16), not from here."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ import time
 
 import torch
 
-from pocketgpt.device import cpu_info, describe_cpu
+from pocketgpt.device import describe_cpu
 
 
 def header(title: str) -> None:
     print(f"# {title}")
-    print(f"CPU: {describe_cpu()} | torch {torch.__version__} threads={torch.get_num_threads()} | "
-          f"python {platform.python_version()} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(
+        f"CPU: {describe_cpu()} | torch {torch.__version__} threads={torch.get_num_threads()} | "
+        f"python {platform.python_version()} | {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
 
 
 def read_bandwidth(mb: int = 1024, reps: int = 10) -> float:
@@ -23,13 +27,6 @@ def read_bandwidth(mb: int = 1024, reps: int = 10) -> float:
     a.sum()
     best = min(_timed(a.sum) for _ in range(reps))
     return a.numel() * 4 / best
-
-
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a large square matmul in `dtype`: best of `reps`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    return 2 * n ** 3 / min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
 
 
 def _timed(f) -> float:
@@ -44,16 +41,13 @@ def median_time(f, runs: int = 3, warmup: int = 1) -> float:
     return statistics.median(_timed(f) for _ in range(runs))
 
 
-def native_bf16() -> bool:
-    return cpu_info()["native_bf16"]
-
-
 def run_process(cmd: list[str], *, cwd=None, env=None, timeout: float = 3600) -> dict:
     """Run a command to completion: wall seconds, return code, stdout+stderr text, and the peak resident
     memory of that one process (os.wait4's ru_maxrss, in bytes; Linux reports KiB)."""
     import os
     import subprocess
     import tempfile
+
     with tempfile.TemporaryFile("w+") as out:
         t0, t0_unix = time.perf_counter(), time.time()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -70,10 +64,16 @@ def run_process(cmd: list[str], *, cwd=None, env=None, timeout: float = 3600) ->
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
-        return {"wall": wall, "rc": proc.returncode, "out": out.read(), "maxrss": usage.ru_maxrss * 1024,
-                "start_unix": t0_unix}
+        return {
+            "wall": wall,
+            "rc": proc.returncode,
+            "out": out.read(),
+            "maxrss": usage.ru_maxrss * 1024,
+            "start_unix": t0_unix,
+        }
 
 
 def load_line() -> str:
     import os
+
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())

@@ -18,19 +18,21 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
+from common import header, median_time, read_bandwidth
 
-from common import header, median_time, native_bf16, read_bandwidth
+from pocketgpt.device import native_bf16
 
 SHAPES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=4, n_head=4, n_embd=128)}
 
 
 def build(shape: str):
     import transformers
+
     from pocketgpt.interop import config_from_hf, from_hf_state_dict
     from pocketgpt.model import GPT
+
     torch.manual_seed(0)
-    hc = transformers.GPT2Config(n_positions=1024, vocab_size=50257, activation_function="gelu_new",
-                                 **SHAPES[shape])
+    hc = transformers.GPT2Config(n_positions=1024, vocab_size=50257, activation_function="gelu_new", **SHAPES[shape])
     hf = transformers.GPT2LMHeadModel(hc).eval()
     cfg = config_from_hf(hc.to_dict())
     ours = GPT(cfg)
@@ -53,41 +55,53 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
+
     from pocketgpt.config import SampleConfig
     from pocketgpt.generate.engine import Engine
 
-    header("decode speed: pocketgpt Engine vs transformers generate(), greedy, prompt 16, "
-           f"{args.new_tokens} new tokens, median of {args.runs}")
+    header(
+        "decode speed: pocketgpt Engine vs transformers generate(), greedy, prompt 16, "
+        f"{args.new_tokens} new tokens, median of {args.runs}"
+    )
     bw = read_bandwidth()
     print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s | transformers {transformers.__version__}\n")
     N = args.new_tokens
     rows = []
     for shape in args.shapes.split(","):
         hf, ours = build(shape)
-        precisions = [("float32", torch.float32)] + ([("bfloat16", torch.bfloat16)] if native_bf16() else [])
+        precisions = [("float32", torch.float32)] + (
+            [("bfloat16", torch.bfloat16)] if native_bf16(torch.device("cpu")) else []
+        )
         for B in (1, 8):
             torch.manual_seed(1)
             prompt = torch.randint(0, 50257, (B, 16))
 
-            def run_hf():
+            def run_hf(hf=hf, prompt=prompt):
                 with torch.no_grad():
                     return hf.generate(prompt, max_new_tokens=N, min_new_tokens=N, do_sample=False, pad_token_id=0)
+
             t_hf = median_time(run_hf, args.runs)
             hf_ids = run_hf()[:, 16:].tolist()
             for pname, dtype in precisions:
                 eng = Engine(copy.deepcopy(ours), dtype=dtype)
                 sample = SampleConfig(max_new_tokens=N, temperature=0)
-                t = median_time(lambda: eng.generate(prompt.tolist(), sample), args.runs)
+                t = median_time(
+                    lambda eng=eng, sample=sample, prompt=prompt: eng.generate(prompt.tolist(), sample), args.runs
+                )
                 same = [r[0].tokens for r in eng.generate(prompt.tolist(), sample)] == hf_ids
                 bound = bw / weight_bytes_per_token(ours, 4 if dtype == torch.float32 else 2)
                 rows.append((shape, B, pname, B * N / t, B * N / t_hf, bound if B == 1 else None, same))
 
-    print(f"{'shape':6s} {'batch':>5s} {'precision':9s} {'pocketgpt tok/s':>15s} {'HF fp32 tok/s':>13s} "
-          f"{'ratio':>6s} {'bound tok/s':>11s} {'of bound':>8s}  same tokens as HF")
+    print(
+        f"{'shape':6s} {'batch':>5s} {'precision':9s} {'pocketgpt tok/s':>15s} {'HF fp32 tok/s':>13s} "
+        f"{'ratio':>6s} {'bound tok/s':>11s} {'of bound':>8s}  same tokens as HF"
+    )
     for shape, B, p, ours_s, hf_s, bound, same in rows:
         b = f"{bound:11.1f} {100 * ours_s / bound:7.0f}%" if bound else f"{'':11s} {'':8s}"
-        print(f"{shape:6s} {B:5d} {p:9s} {ours_s:15.1f} {hf_s:13.1f} {ours_s / hf_s:5.2f}x {b}  "
-              f"{'yes' if same else 'no (bf16 rounding)' if p == 'bfloat16' else 'NO'}")
+        print(
+            f"{shape:6s} {B:5d} {p:9s} {ours_s:15.1f} {hf_s:13.1f} {ours_s / hf_s:5.2f}x {b}  "
+            f"{'yes' if same else 'no (bf16 rounding)' if p == 'bfloat16' else 'NO'}"
+        )
 
 
 if __name__ == "__main__":

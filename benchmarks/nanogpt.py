@@ -9,7 +9,6 @@ is in place). Its checkpoints are read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pocketgpt.evaluate import eval_windows
+
 ITER_LINE = re.compile(r"^iter (\d+): loss ([0-9.]+), time ([0-9.]+)ms")
 
 
@@ -28,8 +29,10 @@ def check_checkout(path: str | Path) -> Path:
     path = Path(path).expanduser().resolve()
     missing = [f for f in ("train.py", "model.py", "configurator.py", "config") if not (path / f).exists()]
     if missing:
-        raise SystemExit(f"--nanogpt {path}: not a nanoGPT checkout (missing {', '.join(missing)}); "
-                         "get one with: git clone https://github.com/karpathy/nanoGPT")
+        raise SystemExit(
+            f"--nanogpt {path}: not a nanoGPT checkout (missing {', '.join(missing)}); "
+            "get one with: git clone https://github.com/karpathy/nanoGPT"
+        )
     return path
 
 
@@ -52,8 +55,12 @@ def prepare_char(checkout: Path, root: Path, text_path: Path) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(text_path, d / "input.txt")
         shutil.copy(checkout / "data" / "shakespeare_char" / "prepare.py", d / "prepare.py")
-        subprocess.run([sys.executable, str(d / "prepare.py")], check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(root / "stubs")})
+        subprocess.run(
+            [sys.executable, str(d / "prepare.py")],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(root / "stubs")},
+        )
     return d
 
 
@@ -66,10 +73,12 @@ def prepare_ids(root: Path, name: str, train_ids: np.ndarray, val_ids: np.ndarra
     return d
 
 
-def run_train(root: Path, args: list[str], *, config: str | None = None, threads: int = 0,
-              timeout: float = 3600) -> dict:
+def run_train(
+    root: Path, args: list[str], *, config: str | None = None, threads: int = 0, timeout: float = 3600
+) -> dict:
     """Run nanoGPT's train.py in `root`; returns wall seconds, per-iteration (iter, loss, ms) and stdout."""
     from common import run_process
+
     cmd = [sys.executable, "train.py"] + ([config] if config else []) + args
     env = dict(os.environ)
     if threads:
@@ -95,27 +104,17 @@ def load_model(checkout: Path, ckpt_path: Path):
 
 @torch.no_grad()
 def whole_split_loss(model, ids: np.ndarray, block_size: int, batch_size: int = 64) -> float:
-    """Mean next-token loss (nats) over every token of `ids`, in non-overlapping windows of block_size
-    (the same windows pocketgpt's evaluate_tokens uses)."""
+    """Mean next-token loss (nats) over every target of `ids`, over the very windows pocketgpt's evaluate_tokens
+    uses (pocketgpt.evaluate.eval_windows: non-overlapping block_size windows, the shorter last one alone)."""
     ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     n = len(ids)
     total, count = 0.0, 0
-    starts = list(range(0, n - 1, block_size))
-    for i in range(0, len(starts), batch_size):
-        group = starts[i:i + batch_size]
-        length = min(block_size, n - 1 - group[-1])
-        full = [s for s in group if s + block_size + 1 <= n]
-        for chunk, T in ((full, block_size), ([s for s in group if s not in full], length)):
-            if not chunk:
-                continue
-            x = torch.stack([ids[s:s + T] for s in chunk])
-            y = torch.stack([ids[s + 1:s + T + 1] for s in chunk])
-            logits, _ = model(x, y)                      # with targets nanoGPT returns logits at every position
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum")
-            total += loss.item()
-            count += y.numel()
+    for group in eval_windows(n, block_size, batch_size):
+        T = min(block_size, n - 1 - group[0])
+        x = torch.stack([ids[s : s + T] for s in group])
+        y = torch.stack([ids[s + 1 : s + T + 1] for s in group])
+        logits, _ = model(x, y)  # with targets nanoGPT returns logits at every position
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum")
+        total += loss.item()
+        count += y.numel()
     return total / count
-
-
-def bits_per_byte(nats_per_token: float, n_tokens: int, n_bytes: int) -> float:
-    return nats_per_token * n_tokens / (math.log(2) * n_bytes)

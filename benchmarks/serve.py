@@ -40,25 +40,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import httpx
 import torch
-
 from common import header
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_FILES = ROOT.parent / "shared" / "data" / "gpt2"
 SHAPES = {"small": dict(n_layer=4, n_head=4, n_embd=128), "gpt2": dict(n_layer=12, n_head=12, n_embd=768)}
 LABELS = {"small": "small 4x128", "gpt2": "GPT-2 124M shape"}
-PROMPT = ("Serving many users at once on a small machine means batching their requests, so that every decode "
-          "step reads the weights once for all of them. Client {i} asks:")
+PROMPT = (
+    "Serving many users at once on a small machine means batching their requests, so that every decode "
+    "step reads the weights once for all of them. Client {i} asks:"
+)
 
 
 # --- checkpoints and servers (serve_load.py uses these too) -----------------------------------------------------
 def make_tokenizer(gpt2_files: Path = GPT2_FILES):
     """GPT-2's vocabulary (+ chat specials) when `gpt2_files` has it, else a BPE trained here; (tok, source)."""
     from pocketgpt.tokenizer import Tokenizer
+
     if (gpt2_files / "vocab.bpe").is_file() and (gpt2_files / "encoder.json").is_file():
         return Tokenizer.from_gpt2_files(gpt2_files).with_chat_specials(), f"GPT-2's files ({gpt2_files})"
     import random
-    rng = random.Random(0)                       # made-up words: enough distinct pairs for 8,192 tokens
+
+    rng = random.Random(0)  # made-up words: enough distinct pairs for 8,192 tokens
     syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ou", "ai")]
     text = " ".join("".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(300_000))
     tok = Tokenizer.train([text], vocab_size=8192)
@@ -71,6 +74,7 @@ def make_checkpoint(shape: str, root: Path, tok) -> Path:
     from pocketgpt.config import ModelConfig
     from pocketgpt.model import GPT
     from pocketgpt.tokenizer.chat import TEMPLATE
+
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=1024, vocab_size=tok.n_vocab, activation="gelu_tanh", **SHAPES[shape])
     model = GPT(cfg)
@@ -87,15 +91,38 @@ def free_port() -> int:
 class Server:
     """`pocketgpt serve` in a subprocess on 127.0.0.1; its output goes to a log file printed on failure."""
 
-    def __init__(self, ckpt: Path, *, dtype: str = "auto", name: str = "bench", extra: tuple[str, ...] = (),
-                 log_dir: Path | None = None):
+    def __init__(
+        self,
+        ckpt: Path,
+        *,
+        dtype: str = "auto",
+        name: str = "bench",
+        extra: tuple[str, ...] = (),
+        log_dir: Path | None = None,
+    ):
         self.port, self.name = free_port(), name
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir or tempfile.gettempdir()) / f"pocketgpt-serve-{self.port}.log"
         self.log = open(self.log_path, "w")
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "pocketgpt.cli.main", "serve", str(ckpt), "--host", "127.0.0.1",
-               "--port", str(self.port), "--dtype", dtype, "--device", "cpu", "--model-name", name, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pocketgpt.cli.main",
+            "serve",
+            str(ckpt),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            dtype,
+            "--device",
+            "cpu",
+            "--model-name",
+            name,
+            *extra,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + 300
         while True:
@@ -139,7 +166,7 @@ class Server:
                 self.proc.wait()
         self.log.close()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -191,21 +218,32 @@ async def one_stream(client: httpx.AsyncClient, body: dict) -> StreamResult:
 
 
 def request_body(name: str, i: int, max_tokens: int, eot: int, temperature: float | None) -> dict:
-    body = {"model": name, "prompt": PROMPT.format(i=i), "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}, "logit_bias": {str(eot): -100}}
+    body = {
+        "model": name,
+        "prompt": PROMPT.format(i=i),
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logit_bias": {str(eot): -100},
+    }
     if temperature is not None:
         body["temperature"] = temperature
     return body
 
 
-async def run_level(url: str, name: str, streams: int, rounds: int, max_tokens: int, eot: int,
-                    temperature: float | None) -> tuple[float, list[StreamResult]]:
+async def run_level(
+    url: str, name: str, streams: int, rounds: int, max_tokens: int, eot: int, temperature: float | None
+) -> tuple[float, list[StreamResult]]:
     """`streams` clients, each sending `rounds` requests back to back; (wall seconds, results)."""
     limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+
         async def client_task(i: int) -> list[StreamResult]:
-            return [await one_stream(client, request_body(name, i * rounds + k, max_tokens, eot, temperature))
-                    for k in range(rounds)]
+            return [
+                await one_stream(client, request_body(name, i * rounds + k, max_tokens, eot, temperature))
+                for k in range(rounds)
+            ]
+
         t0 = time.perf_counter()
         per_client = await asyncio.gather(*(client_task(i) for i in range(streams)))
         wall = time.perf_counter() - t0
@@ -218,8 +256,12 @@ def main() -> None:
     ap.add_argument("--streams", default="1,4,8,16", help="concurrent streaming clients, comma-separated")
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens every stream generates")
     ap.add_argument("--rounds", type=int, default=3, help="requests each client sends one after another")
-    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                    help="the server's --dtype (auto: bf16 where the CPU has it natively, what a user gets)")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="the server's --dtype (auto: bf16 where the CPU has it natively, what a user gets)",
+    )
     ap.add_argument("--temperature", type=float, default=None, help="default: the API's (1.0); 0 is greedy")
     ap.add_argument("--server-args", default="", help="extra `pocketgpt serve` flags, e.g. '--max-batch 16'")
     ap.add_argument("--gpt2-files", type=Path, default=GPT2_FILES, help="folder with encoder.json + vocab.bpe")
@@ -232,15 +274,20 @@ def main() -> None:
     if any(m not in SHAPES for m in models) or any(n < 1 for n in levels):
         ap.error(f"--models takes {', '.join(SHAPES)}; --streams positive integers")
 
-    header(f"serving: pocketgpt serve, streaming /v1/completions, {args.max_tokens} tokens per request, "
-           f"{args.rounds} round(s) per client")
+    header(
+        f"serving: pocketgpt serve, streaming /v1/completions, {args.max_tokens} tokens per request, "
+        f"{args.rounds} round(s) per client"
+    )
     from pocketgpt.device import pick_dtype
+
     load = os.getloadavg()
     dtype = str(pick_dtype(args.dtype, torch.device("cpu"))).removeprefix("torch.")
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | server --dtype {args.dtype} ({dtype}) "
-          f"{args.server_args} | temperature "
-          f"{args.temperature if args.temperature is not None else 'API default (1.0)'}"
-          f" | random weights | httpx {httpx.__version__}")
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | server --dtype {args.dtype} ({dtype}) "
+        f"{args.server_args} | temperature "
+        f"{args.temperature if args.temperature is not None else 'API default (1.0)'}"
+        f" | random weights | httpx {httpx.__version__}"
+    )
     root = Path(tempfile.mkdtemp(prefix="pocketgpt-bench-serve-"))
     rows = []
     try:
@@ -249,42 +296,62 @@ def main() -> None:
         for m in models:
             ckpt = make_checkpoint(m, root, tok)
             with Server(ckpt, dtype=args.dtype, extra=tuple(args.server_args.split()), log_dir=root) as srv:
-                asyncio.run(run_level(srv.url, srv.name, 1, 1, 8, tok.eot_id, args.temperature))      # warm-up
+                asyncio.run(run_level(srv.url, srv.name, 1, 1, 8, tok.eot_id, args.temperature))  # warm-up
                 base = None
                 for n in levels:
                     before = srv.health()
-                    wall, res = asyncio.run(run_level(srv.url, srv.name, n, args.rounds, args.max_tokens,
-                                                      tok.eot_id, args.temperature))
+                    wall, res = asyncio.run(
+                        run_level(srv.url, srv.name, n, args.rounds, args.max_tokens, tok.eot_id, args.temperature)
+                    )
                     after = srv.health()
                     tokens = sum(r.tokens for r in res)
                     if any(r.tokens != args.max_tokens or r.finish != "length" for r in res):
-                        print(f"WARNING: {m} x{n}: not every stream gave {args.max_tokens} tokens "
-                              f"({sorted({r.tokens for r in res})})")
+                        print(
+                            f"WARNING: {m} x{n}: not every stream gave {args.max_tokens} tokens "
+                            f"({sorted({r.tokens for r in res})})"
+                        )
                     agg = tokens / wall
                     base = base or agg
                     steps = after["decode_calls"] - before["decode_calls"]
                     ttft = [r.ttft for r in res if r.ttft is not None]
                     gaps = [g for r in res for g in r.gaps]
-                    rows.append((m, n, agg, agg / base, agg / n, [percentile(ttft, q) for q in (50, 90, 99)],
-                                 [percentile(gaps, q) for q in (50, 90, 99)], steps / wall, tokens / max(steps, 1)))
+                    rows.append(
+                        (
+                            m,
+                            n,
+                            agg,
+                            agg / base,
+                            agg / n,
+                            [percentile(ttft, q) for q in (50, 90, 99)],
+                            [percentile(gaps, q) for q in (50, 90, 99)],
+                            steps / wall,
+                            tokens / max(steps, 1),
+                        )
+                    )
                     print(f"  {m} x{n}: {agg:.1f} tok/s", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    print("| model | streams | aggregate tok/s | vs 1 stream | tok/s per stream | TTFT p50 / p90 / p99 ms | "
-          "ITL p50 / p90 / p99 ms | decode steps/s | tokens per step |")
+    print(
+        "| model | streams | aggregate tok/s | vs 1 stream | tok/s per stream | TTFT p50 / p90 / p99 ms | "
+        "ITL p50 / p90 / p99 ms | decode steps/s | tokens per step |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for m, n, agg, ratio, per, ttft, itl, sps, tps in rows:
-        print(f"| {LABELS[m]} | {n} | {agg:.1f} | {ratio:.2f}x | {per:.1f} | "
-              f"{' / '.join(f'{x * 1e3:.0f}' for x in ttft)} | {' / '.join(f'{x * 1e3:.1f}' for x in itl)} | "
-              f"{sps:.1f} | {tps:.2f} |")
+        print(
+            f"| {LABELS[m]} | {n} | {agg:.1f} | {ratio:.2f}x | {per:.1f} | "
+            f"{' / '.join(f'{x * 1e3:.0f}' for x in ttft)} | {' / '.join(f'{x * 1e3:.1f}' for x in itl)} | "
+            f"{sps:.1f} | {tps:.2f} |"
+        )
     for m in models:
         at8 = [r for r in rows if r[0] == m and r[1] == 8]
         if at8:
-            print(f"target (8 streams >= 3x one stream), {LABELS[m]}: {at8[0][3]:.2f}x -> "
-                  f"{'met' if at8[0][3] >= 3 else 'NOT met'}")
+            print(
+                f"target (8 streams >= 3x one stream), {LABELS[m]}: {at8[0][3]:.2f}x -> "
+                f"{'met' if at8[0][3] >= 3 else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import httpx
-
 from common import header
 from serve import GPT2_FILES, Server, make_checkpoint, make_tokenizer, percentile
 
@@ -44,22 +43,22 @@ WORDS = "the model reads tokens and predicts the next one while attention mixes 
 
 # kind -> (weight, group, expected statuses)
 KINDS = {
-    "completion":            (14, "valid", {200, 429}),
-    "completion-stream":     (14, "valid", {200, 429}),
-    "chat":                  (12, "valid", {200, 429}),
-    "chat-stream":           (12, "valid", {200, 429}),
-    "completion-n-stop-lp":  (5, "valid", {200, 429}),
-    "models":                (3, "valid", {200}),
-    "bad-json":              (3, "malformed", {400}),
-    "not-an-object":         (2, "malformed", {400}),
-    "invalid-utf8":          (2, "malformed", {400}),
-    "wrong-type":            (4, "malformed", {400}),
-    "unknown-model":         (3, "malformed", {404}),
-    "unknown-parameter":     (2, "malformed", {400}),
-    "prompt-too-long":       (3, "malformed", {400}),
-    "negative-max-tokens":   (3, "malformed", {400}),
-    "bad-n":                 (3, "malformed", {400}),
-    "oversized-body":        (1, "malformed", {413}),
+    "completion": (14, "valid", {200, 429}),
+    "completion-stream": (14, "valid", {200, 429}),
+    "chat": (12, "valid", {200, 429}),
+    "chat-stream": (12, "valid", {200, 429}),
+    "completion-n-stop-lp": (5, "valid", {200, 429}),
+    "models": (3, "valid", {200}),
+    "bad-json": (3, "malformed", {400}),
+    "not-an-object": (2, "malformed", {400}),
+    "invalid-utf8": (2, "malformed", {400}),
+    "wrong-type": (4, "malformed", {400}),
+    "unknown-model": (3, "malformed", {404}),
+    "unknown-parameter": (2, "malformed", {400}),
+    "prompt-too-long": (3, "malformed", {400}),
+    "negative-max-tokens": (3, "malformed", {400}),
+    "bad-n": (3, "malformed", {400}),
+    "oversized-body": (1, "malformed", {413}),
     "wrong-method-or-route": (2, "malformed", {404, 405}),
     "disconnect-mid-stream": (7, "disconnect", {200, 429}),
     "disconnect-before-answer": (3, "disconnect", {None, 200, 429}),
@@ -69,9 +68,9 @@ KINDS = {
 @dataclass
 class Outcome:
     kind: str
-    status: int | None            # None: no response (the client left first)
+    status: int | None  # None: no response (the client left first)
     latency: float
-    problem: str | None = None    # an unexpected status / shape / transport error, with a short detail
+    problem: str | None = None  # an unexpected status / shape / transport error, with a short detail
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -83,54 +82,110 @@ def build(kind: str, rng: random.Random) -> tuple[str, str, dict | bytes | None]
     mt = rng.randint(1, 16)
     temp = rng.choice([0, 0.7, 1.0])
     if kind in ("completion", "completion-stream"):
-        return "POST", "/v1/completions", {"model": NAME, "prompt": words(rng, rng.randint(1, 30)), "max_tokens": mt,
-                                           "temperature": temp, "stream": kind.endswith("stream")}
+        return (
+            "POST",
+            "/v1/completions",
+            {
+                "model": NAME,
+                "prompt": words(rng, rng.randint(1, 30)),
+                "max_tokens": mt,
+                "temperature": temp,
+                "stream": kind.endswith("stream"),
+            },
+        )
     if kind in ("chat", "chat-stream"):
         msgs = [{"role": "user", "content": words(rng, rng.randint(1, 20))}]
         if rng.random() < 0.3:
             msgs.insert(0, {"role": "system", "content": "Be brief."})
-        body = {"model": NAME, "messages": msgs, "max_tokens": mt, "temperature": temp,
-                "stream": kind.endswith("stream")}
+        body = {
+            "model": NAME,
+            "messages": msgs,
+            "max_tokens": mt,
+            "temperature": temp,
+            "stream": kind.endswith("stream"),
+        }
         if body["stream"] and rng.random() < 0.5:
             body["stream_options"] = {"include_usage": True}
         return "POST", "/v1/chat/completions", body
     if kind == "completion-n-stop-lp":
-        return "POST", "/v1/completions", {"model": NAME, "prompt": words(rng, 8), "max_tokens": mt,
-                                           "n": rng.randint(2, 3), "stop": [" the", "\n"], "logprobs": 2,
-                                           "seed": rng.randint(0, 99), "stream": rng.random() < 0.5}
+        return (
+            "POST",
+            "/v1/completions",
+            {
+                "model": NAME,
+                "prompt": words(rng, 8),
+                "max_tokens": mt,
+                "n": rng.randint(2, 3),
+                "stop": [" the", "\n"],
+                "logprobs": 2,
+                "seed": rng.randint(0, 99),
+                "stream": rng.random() < 0.5,
+            },
+        )
     if kind == "models":
         return "GET", "/v1/models", None
     if kind == "bad-json":
-        return "POST", "/v1/completions", rng.choice([b'{"model": "bench", "prompt": ', b"{'prompt': 'x'}", b"",
-                                                      b"nul"])
+        return (
+            "POST",
+            "/v1/completions",
+            rng.choice([b'{"model": "bench", "prompt": ', b"{'prompt': 'x'}", b"", b"nul"]),
+        )
     if kind == "not-an-object":
-        return "POST", rng.choice(["/v1/completions", "/v1/chat/completions"]), \
-            json.dumps(rng.choice([[1, 2], "hi", 3, None])).encode()
+        return (
+            "POST",
+            rng.choice(["/v1/completions", "/v1/chat/completions"]),
+            json.dumps(rng.choice([[1, 2], "hi", 3, None])).encode(),
+        )
     if kind == "invalid-utf8":
         return "POST", "/v1/completions", b'{"prompt": "\xff\xfe\x80"}'
     if kind == "wrong-type":
-        return "POST", "/v1/completions", rng.choice([
-            {"prompt": 123}, {"prompt": "hi", "max_tokens": "ten"}, {"prompt": "hi", "temperature": "hot"},
-            {"prompt": "hi", "stream": "yes"}, {"prompt": [1.5, 2]}, {"prompt": "hi", "stop": 7},
-            {"prompt": "hi", "logit_bias": {"x": 1}}, {"prompt": "hi", "max_tokens": 1e30},
-            {"prompt": "hi", "temperature": 99}, {"messages": "hi"}, {"prompt": "hi", "seed": "x"}])
+        return (
+            "POST",
+            "/v1/completions",
+            rng.choice(
+                [
+                    {"prompt": 123},
+                    {"prompt": "hi", "max_tokens": "ten"},
+                    {"prompt": "hi", "temperature": "hot"},
+                    {"prompt": "hi", "stream": "yes"},
+                    {"prompt": [1.5, 2]},
+                    {"prompt": "hi", "stop": 7},
+                    {"prompt": "hi", "logit_bias": {"x": 1}},
+                    {"prompt": "hi", "max_tokens": 1e30},
+                    {"prompt": "hi", "temperature": 99},
+                    {"messages": "hi"},
+                    {"prompt": "hi", "seed": "x"},
+                ]
+            ),
+        )
     if kind == "unknown-model":
         return "POST", "/v1/completions", {"model": "gpt-4o", "prompt": "hi", "max_tokens": 4}
     if kind == "unknown-parameter":
-        return "POST", "/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "hi"}],
-                                                "functions_v9": True}
+        return (
+            "POST",
+            "/v1/chat/completions",
+            {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "functions_v9": True},
+        )
     if kind == "prompt-too-long":
         return "POST", "/v1/completions", {"model": NAME, "prompt": " hello" * 1500, "max_tokens": 4}
     if kind == "negative-max-tokens":
         return "POST", "/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": -rng.randint(1, 100)}
     if kind == "bad-n":
-        return "POST", "/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 2,
-                                           "n": rng.choice([0, -1, 17, 10 ** 6, "2", 1.5])}
+        return (
+            "POST",
+            "/v1/completions",
+            {"model": NAME, "prompt": "hi", "max_tokens": 2, "n": rng.choice([0, -1, 17, 10**6, "2", 1.5])},
+        )
     if kind == "oversized-body":
         return "POST", "/v1/completions", {"model": NAME, "prompt": "x" * ((1 << 20) + 100), "max_tokens": 1}
     if kind == "wrong-method-or-route":
-        return rng.choice([("GET", "/v1/completions", None), ("POST", "/v1/embeddings", {"input": "hi"}),
-                           ("DELETE", "/v1/models", None)])
+        return rng.choice(
+            [
+                ("GET", "/v1/completions", None),
+                ("POST", "/v1/embeddings", {"input": "hi"}),
+                ("DELETE", "/v1/models", None),
+            ]
+        )
     if kind == "disconnect-mid-stream":
         chat = rng.random() < 0.5
         body = {"model": NAME, "max_tokens": 400, "stream": True, "temperature": 1.0}
@@ -156,7 +211,7 @@ async def one(client: httpx.AsyncClient, kind: str, rng: random.Random) -> Outco
     else:
         kw = {} if body is None else {"json": body}
     streamed = isinstance(body, dict) and body.get("stream") is True
-    expected = KINDS[kind][2] | {429}            # a server with too many requests in flight may refuse any
+    expected = KINDS[kind][2] | {429}  # a server with too many requests in flight may refuse any
     t0 = time.perf_counter()
     try:
         if kind == "disconnect-before-answer":
@@ -164,9 +219,13 @@ async def one(client: httpx.AsyncClient, kind: str, rng: random.Random) -> Outco
                 r = await asyncio.wait_for(client.request(method, path, **kw), timeout=rng.uniform(0.02, 0.3))
             except asyncio.TimeoutError:
                 return Outcome(kind, None, time.perf_counter() - t0)
-            status, content = r.status_code, r.content            # the answer came first: fine too
-            return Outcome(kind, status, time.perf_counter() - t0,
-                           None if status in expected else f"HTTP {status}: {content[:120]!r}")
+            status, content = r.status_code, r.content  # the answer came first: fine too
+            return Outcome(
+                kind,
+                status,
+                time.perf_counter() - t0,
+                None if status in expected else f"HTTP {status}: {content[:120]!r}",
+            )
         async with client.stream(method, path, **kw) as r:
             status = r.status_code
             if kind == "disconnect-mid-stream" and status == 200:
@@ -174,7 +233,7 @@ async def one(client: httpx.AsyncClient, kind: str, rng: random.Random) -> Outco
                 async for line in r.aiter_lines():
                     seen += line.startswith("data: ")
                     if seen >= leave_after:
-                        break                                      # leaving the block closes the connection
+                        break  # leaving the block closes the connection
                 return Outcome(kind, status, time.perf_counter() - t0)
             content = await r.aread()
     except httpx.HTTPError as e:
@@ -203,15 +262,18 @@ async def storm(url: str, n: int, concurrency: int, deadline: float, seed: int, 
     out: list[Outcome] = []
     nxt = 0
     # idle connections expire on the client before uvicorn's 5 s keep-alive timeout closes them under a request
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4,
-                          keepalive_expiry=2.0)
+    limits = httpx.Limits(
+        max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60.0), limits=limits) as client:
+
         async def worker() -> None:
             nonlocal nxt
             while nxt < n and time.monotonic() < deadline:
                 i, nxt = nxt, nxt + 1
                 out.append(await one(client, plan[i], random.Random(seed * 1_000_003 + i)))
                 on_progress(len(out))
+
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return out
 
@@ -230,14 +292,20 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.requests, args.concurrency, args.warmup = 200, 16, 40
-    header(f"serving load test: {args.requests} requests at concurrency {args.concurrency} "
-           f"(time limit {args.time_limit:.0f} s), small model, loopback")
+    header(
+        f"serving load test: {args.requests} requests at concurrency {args.concurrency} "
+        f"(time limit {args.time_limit:.0f} s), small model, loopback"
+    )
     import torch
+
     from pocketgpt.device import pick_dtype
+
     load = os.getloadavg()
     dtype = str(pick_dtype(args.dtype, torch.device("cpu"))).removeprefix("torch.")
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | server --dtype {args.dtype} ({dtype}) "
-          f"{args.server_args} | random weights | httpx {httpx.__version__} | seed {args.seed}")
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | server --dtype {args.dtype} ({dtype}) "
+        f"{args.server_args} | random weights | httpx {httpx.__version__} | seed {args.seed}"
+    )
     root = Path(tempfile.mkdtemp(prefix="pocketgpt-bench-load-"))
     failed = False
     try:
@@ -246,22 +314,25 @@ def main() -> int:
         ckpt = make_checkpoint("small", root, tok)
         with Server(ckpt, dtype=args.dtype, extra=tuple(args.server_args.split()), log_dir=root) as srv:
             rss = {"idle, before any request": srv.rss_kib()}
-            asyncio.run(storm(srv.url, args.warmup, args.concurrency, time.monotonic() + 300, args.seed + 1,
-                              lambda k: None))
+            asyncio.run(
+                storm(srv.url, args.warmup, args.concurrency, time.monotonic() + 300, args.seed + 1, lambda k: None)
+            )
             rss[f"start (after {args.warmup} warm-up requests)"] = start = srv.rss_kib()
             every = max(1, args.requests // 10)
 
             def progress(done: int) -> None:
                 if done % every == 0 and done < args.requests:
                     rss[f"after {done}" + (" (midway)" if done == args.requests // 2 else "")] = srv.rss_kib()
+
             t0 = time.perf_counter()
-            outcomes = asyncio.run(storm(srv.url, args.requests, args.concurrency,
-                                         time.monotonic() + args.time_limit, args.seed, progress))
+            outcomes = asyncio.run(
+                storm(srv.url, args.requests, args.concurrency, time.monotonic() + args.time_limit, args.seed, progress)
+            )
             wall = time.perf_counter() - t0
             rss["end"] = srv.rss_kib()
             alive = srv.proc.poll() is None
             health, settle = {}, time.monotonic() + 30
-            while alive:                                     # abandoned rows must leave the scheduler
+            while alive:  # abandoned rows must leave the scheduler
                 health = srv.health()
                 if health["running"] == 0 and health["waiting"] == 0 or time.monotonic() > settle:
                     break
@@ -273,13 +344,16 @@ def main() -> int:
 
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    print(f"{len(outcomes)} requests in {wall:.1f} s ({len(outcomes) / wall:.1f} requests/s)"
-          + ("" if len(outcomes) == args.requests else " -- stopped by the time limit"))
+    print(
+        f"{len(outcomes)} requests in {wall:.1f} s ({len(outcomes) / wall:.1f} requests/s)"
+        + ("" if len(outcomes) == args.requests else " -- stopped by the time limit")
+    )
     by_status = collections.Counter(o.status for o in outcomes)
     five = sum(c for s, c in by_status.items() if s is not None and s >= 500)
     order = sorted(by_status.items(), key=lambda x: (x[0] is None, x[0] or 0))
-    print("responses by status: " + ", ".join(f"{'no response (client left)' if s is None else s}: {c}"
-                                                for s, c in order))
+    print(
+        "responses by status: " + ", ".join(f"{'no response (client left)' if s is None else s}: {c}" for s, c in order)
+    )
     print(f"5xx: {five}\n")
     print("| kind | group | sent | statuses | p50 ms | p99 ms | problems |")
     print("|---|---|---|---|---|---|---|")
@@ -289,10 +363,12 @@ def main() -> int:
             continue
         st = collections.Counter(o.status for o in os_)
         lat = [o.latency for o in os_]
-        print(f"| {kind} | {group} | {len(os_)} | "
-              + ", ".join(f"{'left' if s is None else s}: {c}" for s, c in sorted(st.items(), key=lambda x: x[0] or 0))
-              + f" | {percentile(lat, 50) * 1e3:.0f} | {percentile(lat, 99) * 1e3:.0f} | "
-              f"{sum(o.problem is not None for o in os_)} |")
+        print(
+            f"| {kind} | {group} | {len(os_)} | "
+            + ", ".join(f"{'left' if s is None else s}: {c}" for s, c in sorted(st.items(), key=lambda x: x[0] or 0))
+            + f" | {percentile(lat, 50) * 1e3:.0f} | {percentile(lat, 99) * 1e3:.0f} | "
+            f"{sum(o.problem is not None for o in os_)} |"
+        )
     print("\n| group | requests | p50 ms | p99 ms |")
     print("|---|---|---|---|")
     for group in ("valid", "malformed", "disconnect", "all"):
@@ -305,23 +381,31 @@ def main() -> int:
         print(f"| {k} | {v / 1024:.1f} |")
     growth = rss["end"] - start
     mid = next((v for k, v in rss.items() if k.endswith("(midway)")), rss["end"])
-    print(f"RSS growth start -> end: {growth / 1024:+.1f} MiB ({100 * growth / start:+.1f}%); "
-          f"midway -> end: {(rss['end'] - mid) / 1024:+.1f} MiB ({100 * (rss['end'] - mid) / mid:+.1f}%)")
+    print(
+        f"RSS growth start -> end: {growth / 1024:+.1f} MiB ({100 * growth / start:+.1f}%); "
+        f"midway -> end: {(rss['end'] - mid) / 1024:+.1f} MiB ({100 * (rss['end'] - mid) / mid:+.1f}%)"
+    )
     problems = [o for o in outcomes if o.problem]
     print(f"\nanswers with an unexpected status or shape, or dropped connections: {len(problems)}")
     for o in problems[:10]:
         print(f"  {o.kind}: {o.problem}")
-    print(f"server after the storm: {'alive' if alive else 'DEAD'}; scheduler "
-          f"running={health.get('running')} waiting={health.get('waiting')} finished={health.get('finished')}")
+    print(
+        f"server after the storm: {'alive' if alive else 'DEAD'}; scheduler "
+        f"running={health.get('running')} waiting={health.get('waiting')} finished={health.get('finished')}"
+    )
     bad_lines = [ln for ln in log.splitlines() if "ERROR" in ln or "WARNING" in ln or "Traceback" in ln]
-    print(f"server log: {len(bad_lines)} ERROR / WARNING / Traceback lines"
-          + "".join(f"\n  {ln[:200]}" for ln in bad_lines[:8]))
+    print(
+        f"server log: {len(bad_lines)} ERROR / WARNING / Traceback lines"
+        + "".join(f"\n  {ln[:200]}" for ln in bad_lines[:8])
+    )
     if "Traceback" in log:
-        print("the server log holds a traceback:\n" + log[log.index("Traceback"):][:2000])
+        print("the server log holds a traceback:\n" + log[log.index("Traceback") :][:2000])
     dropped = sum(o.problem is not None and o.problem.startswith("transport") for o in problems)
     failed = five > 0 or not alive or dropped > 0
-    print(f"RESULT: {'FAIL' if failed else 'PASS'} (5xx: {five}, dropped connections: {dropped}, "
-          f"server {'alive' if alive else 'DEAD'})")
+    print(
+        f"RESULT: {'FAIL' if failed else 'PASS'} (5xx: {five}, dropped connections: {dropped}, "
+        f"server {'alive' if alive else 'DEAD'})"
+    )
     return 1 if failed else 0
 
 

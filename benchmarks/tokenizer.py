@@ -26,18 +26,9 @@ import tiktoken  # noqa: E402
 import tokenizers  # noqa: E402
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks  # noqa: E402
 
+from pocketgpt.device import describe_cpu  # noqa: E402
 from pocketgpt.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
 from pocketgpt.tokenizer.bpe import GPT2_PATTERN  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_text(path: Path, mb: float) -> str:
@@ -87,7 +78,7 @@ def main(argv=None) -> None:
     docs = [d for d in text.split("\n\n") if d]
     doc_bytes = sum(len(d.encode("utf-8", "surrogateescape")) for d in docs)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"CPU: {cpu_model()} | threads available: {threads} (os.cpu_count() = {os.cpu_count()})")
+    print(f"CPU: {describe_cpu()} | threads available: {threads} (os.cpu_count() = {os.cpu_count()})")
     print(f"python {platform.python_version()} | tiktoken {tiktoken.__version__} | tokenizers {tokenizers.__version__}")
     print(f"data: {args.data} -> {n_bytes / 1e6:.1f} MB, {len(docs)} documents (split on blank lines)")
     print(f"vocab size {args.vocab_size}; encode timings are the best of {args.repeat}\n")
@@ -115,7 +106,10 @@ def main(argv=None) -> None:
     # 3) tiktoken with pocketgpt's ranks: the same ids, so the overhead of our wrapper shows
     enc = tiktoken.Encoding("ours", pat_str=GPT2_PATTERN, mergeable_ranks=tok.mergeable_ranks(), special_tokens={})
     tk = measure(
-        "tiktoken (our ranks)", "pocketgpt bpe", None, enc.encode_ordinary,
+        "tiktoken (our ranks)",
+        "pocketgpt bpe",
+        None,
+        enc.encode_ordinary,
         lambda d: enc.encode_ordinary_batch(d, num_threads=threads),
     )
     assert tk == ours, "tiktoken with our ranks must give pocketgpt's ids"
@@ -132,7 +126,10 @@ def main(argv=None) -> None:
         ranks = data_gym_to_mergeable_bpe_ranks(str(args.gpt2 / "vocab.bpe"), str(args.gpt2 / "encoder.json"))
         genc = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
         tk_g = measure(
-            "tiktoken gpt2", "pocketgpt gpt2", None, genc.encode_ordinary,
+            "tiktoken gpt2",
+            "pocketgpt gpt2",
+            None,
+            genc.encode_ordinary,
             lambda d: genc.encode_ordinary_batch(d, num_threads=threads),
         )
         assert tk_g == ours_g, "pocketgpt's GPT-2 ids must equal tiktoken's"

@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import nanogpt  # noqa: E402
-from common import header, load_line, matmul_peak, native_bf16, run_process  # noqa: E402
+from common import header, load_line, run_process  # noqa: E402
 
 from pocketgpt.config import ModelConfig  # noqa: E402
+from pocketgpt.device import native_bf16, peak_flops  # noqa: E402
 from pocketgpt.model import GPT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,21 +48,42 @@ SHAPES = {
 
 
 def flops_per_token(shape: dict, vocab: int) -> float:
-    cfg = ModelConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
-                      block_size=shape["block_size"], vocab_size=vocab, bias=False)
+    cfg = ModelConfig(
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        n_embd=shape["n_embd"],
+        block_size=shape["block_size"],
+        vocab_size=vocab,
+        bias=False,
+    )
     with torch.device("meta"):
         return GPT(cfg).flops_per_token()
 
 
 def nanogpt_run(root: Path, dataset: str, shape: dict, device: str = "cpu") -> dict:
     steps = shape["warmup"] + shape["steps"]
-    where = ["--device=cpu", "--compile=False"] if device == "cpu" else \
-        [f"--device={device}", "--compile=True", "--dtype=bfloat16"]      # nanoGPT's own GPU defaults
-    args = [*where, f"--dataset={dataset}", "--eval_iters=1", "--eval_interval=1000000",
-            "--log_interval=1", f"--block_size={shape['block_size']}", f"--batch_size={shape['batch_size']}",
-            f"--n_layer={shape['n_layer']}", f"--n_head={shape['n_head']}", f"--n_embd={shape['n_embd']}",
-            f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--dropout=0.0", "--out_dir=out-bench",
-            "--always_save_checkpoint=False"]
+    where = (
+        ["--device=cpu", "--compile=False"]
+        if device == "cpu"
+        else [f"--device={device}", "--compile=True", "--dtype=bfloat16"]
+    )  # nanoGPT's own GPU defaults
+    args = [
+        *where,
+        f"--dataset={dataset}",
+        "--eval_iters=1",
+        "--eval_interval=1000000",
+        "--log_interval=1",
+        f"--block_size={shape['block_size']}",
+        f"--batch_size={shape['batch_size']}",
+        f"--n_layer={shape['n_layer']}",
+        f"--n_head={shape['n_head']}",
+        f"--n_embd={shape['n_embd']}",
+        f"--max_iters={steps}",
+        f"--lr_decay_iters={steps}",
+        "--dropout=0.0",
+        "--out_dir=out-bench",
+        "--always_save_checkpoint=False",
+    ]
     r = nanogpt.run_train(root, args, config="config/train_shakespeare_char.py")
     ms = [t for i, _, t in r["iters"] if i >= shape["warmup"]]
     return {"step_ms": statistics.median(ms), "maxrss": r["maxrss"], "cmd": r["cmd"]}
@@ -70,13 +92,48 @@ def nanogpt_run(root: Path, dataset: str, shape: dict, device: str = "cpu") -> d
 def pocketgpt_run(work: Path, data: Path, shape: dict, tokenizer: list[str], extra: list[str]) -> dict:
     out = work / f"pg-{len(list(work.glob('pg-*')))}"
     steps = shape["warmup"] + shape["steps"]
-    cmd = [sys.executable, "-m", "pocketgpt.cli.main", "train", "--data", str(data), "--out", str(out),
-           "--cache_dir", str(work / "cache"), *tokenizer,
-           "--model.n_layer", shape["n_layer"], "--model.n_head", shape["n_head"], "--model.n_embd", shape["n_embd"],
-           "--model.block_size", shape["block_size"], "--model.bias", "false", "--train.batch_size",
-           shape["batch_size"], "--train.max_steps", steps, "--train.warmup_steps", 2, "--train.eval_every", 0,
-           "--train.eval_tokens", 64, "--train.save_every", 0, "--train.log_every", 1, "--train.samples", 0,
-           "--corpus.val_fraction", 0.01, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pocketgpt.cli.main",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache_dir",
+        str(work / "cache"),
+        *tokenizer,
+        "--model.n_layer",
+        shape["n_layer"],
+        "--model.n_head",
+        shape["n_head"],
+        "--model.n_embd",
+        shape["n_embd"],
+        "--model.block_size",
+        shape["block_size"],
+        "--model.bias",
+        "false",
+        "--train.batch_size",
+        shape["batch_size"],
+        "--train.max_steps",
+        steps,
+        "--train.warmup_steps",
+        2,
+        "--train.eval_every",
+        0,
+        "--train.eval_tokens",
+        64,
+        "--train.save_every",
+        0,
+        "--train.log_every",
+        1,
+        "--train.samples",
+        0,
+        "--corpus.val_fraction",
+        0.01,
+        *extra,
+    ]
     cmd = [str(c) for c in cmd]
     r = run_process(cmd, cwd=ROOT)
     if r["rc"] != 0:
@@ -94,8 +151,12 @@ def main() -> None:
     ap.add_argument("--gpt2-vocab", default=str(SHARED / "gpt2"), help="folder with GPT-2's encoder.json + vocab.bpe")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every run; the table shows the median")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda: then shape gpt2-1024 in bf16 with torch.compile "
-                    "in both (nanoGPT's GPU defaults; pocketgpt --train.compile true)")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: then shape gpt2-1024 in bf16 with torch.compile "
+        "in both (nanoGPT's GPU defaults; pocketgpt --train.compile true)",
+    )
     args = ap.parse_args()
     if args.device != "cpu":
         args.shapes = "gpt2-1024"
@@ -105,18 +166,19 @@ def main() -> None:
         raise SystemExit(f"--text {text}: no such file (tiny Shakespeare lives in ../shared/data/)")
 
     header("Training throughput: pocketgpt vs nanoGPT (tokens/s of a full training step, same machine, same run)")
-    if args.device == "cpu":
-        peak32 = matmul_peak(torch.float32)
-        peak16 = matmul_peak(torch.bfloat16) if native_bf16() else 0.0
+    dev = torch.device(args.device)
+    if dev.type == "cpu":
+        peak32 = peak_flops(dev, torch.float32, n=2048)
+        peak16 = peak_flops(dev, torch.bfloat16, n=2048) if native_bf16(dev) else 0.0
     else:
-        from pocketgpt.train.pretrain import peak_flops_estimate
-        dev = torch.device(args.device)
         print(f"GPU: {torch.cuda.get_device_name(dev)}")
-        peak32 = peak_flops_estimate(dev, torch.float32, n=8192)
-        peak16 = peak_flops_estimate(dev, torch.bfloat16, n=8192)
-    print(f"{load_line()} | matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s"
-          + (f", bf16 {peak16 / 1e9:.0f} GFLOP/s" if peak16 else ", bf16 not native (auto = float32)"))
-    default_dtype = "bf16 autocast" if native_bf16() or args.device != "cpu" else "float32"
+        peak32 = peak_flops(dev, torch.float32, n=8192)
+        peak16 = peak_flops(dev, torch.bfloat16, n=8192)
+    print(
+        f"{load_line()} | matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s"
+        + (f", bf16 {peak16 / 1e9:.0f} GFLOP/s" if peak16 else ", bf16 not native (auto = float32)")
+    )
+    default_dtype = "bf16 autocast" if native_bf16(dev) else "float32"
     gpu = [] if args.device == "cpu" else ["--train.device", args.device, "--train.compile", "true"]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +192,7 @@ def main() -> None:
                 dataset, tok, vocabs = "shakespeare_char", ["--tokenizer.kind", "char"], (65, 261)
             else:
                 from pocketgpt.checkpoint import load_tokenizer
+
                 gpt2 = load_tokenizer(args.gpt2_vocab)
                 ids = np.array(gpt2.encode(text.read_text()), dtype=np.uint16)
                 cut = int(len(ids) * 0.9)
@@ -146,10 +209,12 @@ def main() -> None:
                 runs[f"pocketgpt default ({default_dtype})"].append(pocketgpt_run(work, text, shape, tok, gpu))
                 if args.device == "cpu":
                     runs["pocketgpt float32"].append(
-                        pocketgpt_run(work, text, shape, tok, ["--train.dtype", "float32"]))
+                        pocketgpt_run(work, text, shape, tok, ["--train.dtype", "float32"])
+                    )
                 if name == "gpt2":
                     runs["pocketgpt default + activation checkpointing"].append(
-                        pocketgpt_run(work, text, shape, tok, ["--train.activation_checkpointing", "true"]))
+                        pocketgpt_run(work, text, shape, tok, ["--train.activation_checkpointing", "true"])
+                    )
             tokens = shape["batch_size"] * shape["block_size"]
             base = None
             for label, rs in runs.items():
@@ -158,9 +223,18 @@ def main() -> None:
                 base = base or tok_s
                 vocab = vocabs[0] if label.startswith("nanoGPT") else vocabs[1]
                 achieved = tok_s * flops_per_token(shape, vocab)
-                rows.append((name, label, ms, tok_s, tok_s / base, 100 * achieved / peak32,
-                             100 * achieved / peak16 if peak16 else float("nan"),
-                             max(r["maxrss"] for r in rs) / 2 ** 20))
+                rows.append(
+                    (
+                        name,
+                        label,
+                        ms,
+                        tok_s,
+                        tok_s / base,
+                        100 * achieved / peak32,
+                        100 * achieved / peak16 if peak16 else float("nan"),
+                        max(r["maxrss"] for r in rs) / 2**20,
+                    )
+                )
             print(f"  [{name}] nanoGPT: {runs[ng_label][0]['cmd']}")
 
     print(f"\n{load_line()}")

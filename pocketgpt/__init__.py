@@ -7,8 +7,15 @@ generate, checkpoint, evaluate, device, config).
 """
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint, load_tokenizer, save_checkpoint
-from pocketgpt.config import (CorpusConfig, ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, TrainRun,
-                              model_preset)
+from pocketgpt.config import (
+    CorpusConfig,
+    ModelConfig,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+    TrainRun,
+    model_preset,
+)
 from pocketgpt.errors import UserError
 from pocketgpt.evaluate import evaluate_tokens
 from pocketgpt.generate import generate_ids
@@ -19,6 +26,24 @@ from pocketgpt.train.pretrain import pretrain
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "ModelConfig", "KVCache", "Tokenizer", "TrainRun", "TrainConfig", "TokenizerConfig",
-           "CorpusConfig", "SampleConfig", "model_preset", "pretrain", "load_checkpoint", "save_checkpoint",
-           "load_tokenizer", "Checkpoint", "generate_text", "generate_ids", "evaluate_tokens", "UserError"]
+__all__ = [
+    "GPT",
+    "ModelConfig",
+    "KVCache",
+    "Tokenizer",
+    "TrainRun",
+    "TrainConfig",
+    "TokenizerConfig",
+    "CorpusConfig",
+    "SampleConfig",
+    "model_preset",
+    "pretrain",
+    "load_checkpoint",
+    "save_checkpoint",
+    "load_tokenizer",
+    "Checkpoint",
+    "generate_text",
+    "generate_ids",
+    "evaluate_tokens",
+    "UserError",
+]

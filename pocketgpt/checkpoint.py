@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -51,7 +52,7 @@ class Checkpoint:
     path: Path
     model: GPT
     tokenizer: Tokenizer
-    meta: dict[str, Any]          # everything in config.json besides the model config (step, extra)
+    meta: dict[str, Any]  # everything in config.json besides the model config (step, extra)
 
 
 def _backup_name(name: str) -> str:
@@ -130,7 +131,7 @@ def resolve(path: Path | str) -> Path:
         target = path / latest.read_text().strip()
         if (target / "config.json").exists():
             return target
-        parked = path / _backup_name(target.name)     # killed while save_checkpoint swapped a same-named folder
+        parked = path / _backup_name(target.name)  # killed while save_checkpoint swapped a same-named folder
         if (parked / "config.json").exists():
             return parked
         raise UserError(f"{latest} points to {target.name}, which is missing or incomplete")
@@ -159,8 +160,10 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
     cfg: ModelConfig = from_dict(ModelConfig, meta.pop("model"))
     tokenizer = Tokenizer.load(ckpt)
     if tokenizer.n_vocab > cfg.vocab_size:
-        raise UserError(f"tokenizer has {tokenizer.n_vocab} tokens but the model only {cfg.vocab_size}: "
-                        f"the checkpoint mixes two vocabularies ({ckpt})")
+        raise UserError(
+            f"tokenizer has {tokenizer.n_vocab} tokens but the model only {cfg.vocab_size}: "
+            f"the checkpoint mixes two vocabularies ({ckpt})"
+        )
     if meta.get("adapter"):
         model = _load_adapter_model(ckpt, cfg, meta)
     else:
@@ -185,8 +188,12 @@ def _load_weights(model: GPT, weights: Path, ckpt: Path) -> None:
         raise UserError(f"checkpoint weights are truncated or corrupt: {weights} ({e})") from None
     if model.config.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
-    check_tensors(model.state_dict(), state, required=set(model.state_dict()),
-                  problem=f"checkpoint weights do not match its config ({ckpt})")
+    check_tensors(
+        model.state_dict(),
+        state,
+        required=set(model.state_dict()),
+        problem=f"checkpoint weights do not match its config ({ckpt})",
+    )
     model.load_state_dict(state)
 
 
@@ -215,7 +222,7 @@ def _load_adapter_model(ckpt: Path, cfg: ModelConfig, meta: dict) -> GPT:
     return model
 
 
-def prepare_run_dir(out: Path | str, resume: bool) -> Optional[Path]:
+def prepare_run_dir(out: Path | str, resume: bool) -> Path | None:
     """The checkpoint to resume from (None: start fresh); refuse to overwrite a run."""
     out = Path(out)
     has_run = (out / LATEST).exists()
@@ -228,12 +235,12 @@ def prepare_run_dir(out: Path | str, resume: bool) -> Optional[Path]:
     return None
 
 
-def load_train_state(path: Path | str) -> Optional[dict]:
+def load_train_state(path: Path | str) -> dict | None:
     f = resolve(path) / "train_state.pt"
     if not f.exists():
         return None
     try:
-        with warnings.catch_warnings():                   # torch warns about foreign pickles it then refuses
+        with warnings.catch_warnings():  # torch warns about foreign pickles it then refuses
             warnings.simplefilter("ignore")
             return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, wrong content: never executed, only refused
@@ -256,8 +263,13 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
 # ---- LoRA adapter folders: adapter.safetensors + adapter_config.json, a few hundred KB beside a base checkpoint
 
 
-def save_adapter(directory: Path | str, model: nn.Module, cfg: LoRAConfig,
-                 extra_tensors: Optional[dict[str, torch.Tensor]] = None, meta: Optional[dict] = None) -> None:
+def save_adapter(
+    directory: Path | str,
+    model: nn.Module,
+    cfg: LoRAConfig,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    meta: dict | None = None,
+) -> None:
     """Write directory/adapter.safetensors (lora tensors + extra_tensors, e.g. a classifier head) and
     directory/adapter_config.json, each atomically."""
     directory = Path(directory)
@@ -268,7 +280,12 @@ def save_adapter(directory: Path | str, model: nn.Module, cfg: LoRAConfig,
     if clash:
         raise ValueError(f"extra_tensors repeat adapter tensor names: {clash}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in {**tensors, **(extra_tensors or {})}.items()}
-    config = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "lora": asdict(cfg), "targets": list(lora_modules(model))}
+    config = {
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_VERSION,
+        "lora": asdict(cfg),
+        "targets": list(lora_modules(model)),
+    }
     clash = sorted(set(config) & set(meta or {}))
     if clash:
         raise ValueError(f"meta may not override {clash}")
@@ -290,7 +307,9 @@ def read_adapter_config(directory: Path | str) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"adapter config is unreadable: {path} ({e.__class__.__name__})") from None
     if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT or "lora" not in config:
-        raise UserError(f"not a pocketgpt LoRA adapter (format={config.get('format') if isinstance(config, dict) else None!r}): {path}")
+        raise UserError(
+            f"not a pocketgpt LoRA adapter (format={config.get('format') if isinstance(config, dict) else None!r}): {path}"
+        )
     return config
 
 
@@ -311,7 +330,11 @@ def load_adapter(model: nn.Module, directory: Path | str) -> LoRAConfig:
             apply_lora(model, cfg)
         except UserError as e:
             raise UserError(f"adapter does not match this checkpoint: {e}") from None
-    check_tensors(model.state_dict(), tensors, required=set(lora_state_dict(model)),
-                  problem=f"adapter does not match this checkpoint ({directory})")
+    check_tensors(
+        model.state_dict(),
+        tensors,
+        required=set(lora_state_dict(model)),
+        problem=f"adapter does not match this checkpoint ({directory})",
+    )
     model.load_state_dict(tensors, strict=False)
     return cfg

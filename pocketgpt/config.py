@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pocketgpt.errors import UserError
 from pocketgpt.presets import PRESETS, get_preset, preset_names  # noqa: F401  (the public names live here too)
@@ -48,7 +48,7 @@ class ModelConfig:
     """MLP nonlinearity: exact erf GELU, GPT-2's tanh approximation, ReLU, or squared ReLU"""
     tie_embeddings: bool = True
     """share the output head's weights with the token embedding (GPT-2: True)"""
-    n_inner: Optional[int] = None
+    n_inner: int | None = None
     """MLP hidden width; None means 4 * n_embd"""
     rope_base: float = 10000.0
     """RoPE frequency base (only with pos_encoding=rope)"""
@@ -63,8 +63,10 @@ class ModelConfig:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
-        _check(self.n_embd % self.n_head == 0,
-               f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        _check(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
+        )
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding in ("rope", "sinusoidal"):
             dim = self.head_dim if self.pos_encoding == "rope" else self.n_embd
@@ -88,7 +90,7 @@ class TokenizerConfig:
     """byte-level BPE trained on the corpus, or one id per character (as nanoGPT's Shakespeare example)"""
     vocab_size: int = 4096
     """BPE vocabulary size, counting the 256 byte tokens and the special tokens"""
-    path: Optional[str] = None
+    path: str | None = None
     """use an existing tokenizer instead of training one: a pocketgpt tokenizer file/folder, or GPT-2 vocabulary files"""
 
 
@@ -107,9 +109,41 @@ class CorpusConfig:
         _check(0.0 < self.val_fraction <= 0.5, f"corpus.val_fraction must be in (0, 0.5], got {self.val_fraction}")
 
 
+DEVICES = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
+
+
 @dataclass
-class TrainConfig:
-    """The optimisation loop. Pre-training and fine-tuning both use it."""
+class RuntimeConfig:
+    """Where a model runs, at what precision, on how many CPU threads: declared once here, for every command
+    (train and finetune as train.device/dtype/threads; generate, chat, eval, classify and serve as --device,
+    --dtype, --threads). device.setup_runtime turns it into a torch device and dtype."""
+
+    device: str = "auto"
+    """where to run: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """precision: auto = bf16 on CUDA and on CPUs with native bf16 units (AMX / AVX512-BF16), float32 elsewhere
+    (training autocasts matmuls; inference converts the weights)"""
+    threads: int = 0
+    """CPU threads for PyTorch; 0 = automatic (one per physical core this process may use)"""
+
+    def __post_init__(self) -> None:
+        d = self.device
+        _check(
+            isinstance(d, str) and (d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())),
+            f"device must be {DEVICES}, got {d!r}",
+        )
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16"),
+            f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}",
+        )
+        t = self.threads
+        _check(isinstance(t, int) and not isinstance(t, bool) and t >= 0, f"threads must be an integer >= 0, got {t!r}")
+
+
+@dataclass
+class TrainConfig(RuntimeConfig):
+    """The optimisation loop (and, from RuntimeConfig, device, dtype and threads). Pre-training and fine-tuning both
+    use it."""
 
     max_steps: int = 2000
     """optimizer steps to run"""
@@ -150,10 +184,6 @@ class TrainConfig:
     """append to metrics.jsonl every this many steps"""
     seed: int = 1337
     """seeds weights, data order and dropout; the same seed gives the same run"""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """compute precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 units, float32 elsewhere"""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """where to train; auto picks cuda, then mps, then cpu"""
     compile: bool = False
     """torch.compile the model (pays off on GPU; on CPU the compile time often outweighs the gain)"""
     activation_checkpointing: bool = False
@@ -161,19 +191,25 @@ class TrainConfig:
     max_time: float = 0.0
     """stop after this many seconds of training (0 = no limit); the learning-rate decay then follows whichever of
     steps or time runs out first, so a time-limited run is not bit-for-bit repeatable"""
-    threads: int = 0
-    """CPU threads for PyTorch; 0 = automatic (one per physical core this process may use)"""
     samples: int = 2
     """samples printed at the end of training"""
     sample_tokens: int = 120
     """length of each printed sample, in tokens"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("max_steps", "batch_size", "grad_accum"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"train.{name} must be a positive integer, got {v!r}")
-        for name in ("warmup_steps", "eval_every", "eval_tokens", "save_every", "log_every", "threads", "samples",
-                     "sample_tokens"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "eval_tokens",
+            "save_every",
+            "log_every",
+            "samples",
+            "sample_tokens",
+        ):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 0, f"train.{name} must be a non-negative integer, got {v!r}")
         _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be positive, got {self.lr}")
@@ -190,7 +226,7 @@ class SampleConfig:
 
     max_new_tokens: int = 200
     """tokens to generate at most"""
-    temperature: Optional[float] = None
+    temperature: float | None = None
     """0 picks the most likely token (greedy); higher is more random; unset means 0.8 (and greedy with beams)"""
     top_k: int = 0
     """keep only the k most likely tokens; 0 keeps all"""
@@ -204,9 +240,9 @@ class SampleConfig:
     """subtract this times the count of each token generated so far (OpenAI), -2..2"""
     presence_penalty: float = 0.0
     """subtract this from every token generated at least once so far (OpenAI), -2..2"""
-    logit_bias: Optional[dict[int, float]] = None
+    logit_bias: dict[int, float] | None = None
     """token id -> value added to its logit (OpenAI), e.g. {50256: -100} to ban a token"""
-    seed: Optional[int] = None
+    seed: int | None = None
     """seed for sampling; the same seed repeats the same text"""
     num_samples: int = 1
     """independent samples per prompt (they share one prefill)"""
@@ -225,14 +261,18 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        _check(t is None or (isinstance(t, (int, float)) and not math.isnan(t) and t >= 0),
-               f"temperature must be a number >= 0, got {t}")
+        _check(
+            t is None or (isinstance(t, (int, float)) and not math.isnan(t) and t >= 0),
+            f"temperature must be a number >= 0, got {t}",
+        )
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}")
         _check(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        _check(self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty),
-               f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        _check(
+            self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty),
+            f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+        )
         for name in ("frequency_penalty", "presence_penalty"):
             v = getattr(self, name)
             _check(math.isfinite(v) and -2.0 <= v <= 2.0, f"{name} must be in [-2, 2], got {v}")
@@ -241,11 +281,15 @@ class SampleConfig:
         _check(0 <= self.top_logprobs <= 20, f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
         if self.num_beams > 1:
             _check(not t, f"beam search is deterministic and cannot sample: drop temperature={t} or use num_beams=1")
-            _check(self.top_k == 0 and self.top_p == 1.0 and self.min_p == 0.0,
-                   "beam search does not combine with top_k / top_p / min_p sampling filters")
-            _check(self.num_samples <= self.num_beams,
-                   f"num_samples ({self.num_samples}) cannot exceed num_beams ({self.num_beams}): "
-                   "beam search returns the best num_samples beams")
+            _check(
+                self.top_k == 0 and self.top_p == 1.0 and self.min_p == 0.0,
+                "beam search does not combine with top_k / top_p / min_p sampling filters",
+            )
+            _check(
+                self.num_samples <= self.num_beams,
+                f"num_samples ({self.num_samples}) cannot exceed num_beams ({self.num_beams}): "
+                "beam search returns the best num_samples beams",
+            )
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -262,11 +306,11 @@ class SampleConfig:
 class TrainRun:
     """Everything `pocketgpt train` needs; written next to its outputs as config.yaml."""
 
-    data: Optional[str] = None
+    data: str | None = None
     """training text: a file, folder, glob or .jsonl (field "text"); omit for the built-in corpus (Python's own docs)"""
     out: str = "runs/default"
     """run folder: checkpoints, metrics.jsonl, config.yaml, loss.png"""
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     """where prepared tokenizers and token shards are cached; default: <out>/../.cache"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """the network"""
@@ -300,9 +344,17 @@ class LoRAConfig:
         _check(parts and not bad, f"lora.targets must name attn and/or mlp, got {self.targets!r}")
 
 
-def _finetune_train() -> "TrainConfig":
-    return TrainConfig(max_steps=300, batch_size=16, lr=3e-4, warmup_steps=20, eval_every=100, save_every=100,
-                       weight_decay=0.0, samples=0)
+def _finetune_train() -> TrainConfig:
+    return TrainConfig(
+        max_steps=300,
+        batch_size=16,
+        lr=3e-4,
+        warmup_steps=20,
+        eval_every=100,
+        save_every=100,
+        weight_decay=0.0,
+        samples=0,
+    )
 
 
 @dataclass
@@ -324,7 +376,7 @@ class FinetuneRun:
     """share of the examples held out for validation"""
     overlong: Literal["crop", "drop"] = "crop"
     """chat / classify: sequences longer than the context are cropped (keeping the start) or dropped"""
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     """lm: where prepared token shards are cached; default: <out>/../.cache"""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """low-rank adapters (rank 0 = full fine-tuning)"""
@@ -336,16 +388,16 @@ class FinetuneRun:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(RuntimeConfig):
     """Everything `pocketgpt serve` needs besides the checkpoint: where it listens and what one server accepts."""
 
     host: str = "127.0.0.1"
     """address to bind; the default is this machine only (0.0.0.0 exposes it to the network)"""
     port: int = 8000
     """TCP port, 1..65535"""
-    api_key: Optional[str] = None
+    api_key: str | None = None
     """require 'Authorization: Bearer KEY' on every /v1 route (the chat page asks for it); unset: no key"""
-    model_name: Optional[str] = None
+    model_name: str | None = None
     """the model id clients send; unset: the run folder's name"""
     max_batch: int = 8
     """sequences decoded together, one KV-cache row each"""
@@ -353,49 +405,82 @@ class ServeConfig:
     """sequences waiting for a row before new requests get 429"""
     max_tokens: int = 512
     """the most tokens one completion may generate (also the default of a request's max_tokens)"""
-    max_prompt_tokens: Optional[int] = None
+    max_prompt_tokens: int | None = None
     """longest prompt in tokens; unset: the model's context minus one"""
     max_body_bytes: int = 1 << 20
     """largest request body in bytes (413 beyond)"""
     max_n: int = 16
     """the most choices (n) one request may ask for"""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """inference precision: auto = bf16 where the hardware has it natively (CUDA, AMX / AVX512-BF16), else float32"""
-    device: str = "auto"
-    """where the model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         h = self.host
         _check(isinstance(h, str) and h and h == h.strip(), f"host must be an address such as 127.0.0.1, got {h!r}")
         p = self.port
-        _check(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535,
-               f"port must be an integer in 1..65535, got {p!r}")
+        _check(
+            isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535,
+            f"port must be an integer in 1..65535, got {p!r}",
+        )
         k = self.api_key
-        if k is not None:                                      # the key itself never appears in a message
-            _check(isinstance(k, str) and k != "",
-                   "api_key is empty: give a key, or leave it unset to serve without one")
-            _check(k.isascii() and k.isprintable() and " " not in k,
-                   f"api_key must be printable ASCII without spaces (the {len(k)}-character key given is not)")
-        _check(self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip()),
-               f"model_name must be a non-empty string, got {self.model_name!r}")
+        if k is not None:  # the key itself never appears in a message
+            _check(
+                isinstance(k, str) and k != "", "api_key is empty: give a key, or leave it unset to serve without one"
+            )
+            _check(
+                k.isascii() and k.isprintable() and " " not in k,
+                f"api_key must be printable ASCII without spaces (the {len(k)}-character key given is not)",
+            )
+        _check(
+            self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip()),
+            f"model_name must be a non-empty string, got {self.model_name!r}",
+        )
         for name in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                   f"{name} must be a positive integer, got {v!r}")
+            _check(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                f"{name} must be a positive integer, got {v!r}",
+            )
         v = self.max_prompt_tokens
-        _check(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-               f"max_prompt_tokens must be a positive integer (or unset), got {v!r}")
-        _check(self.dtype in ("auto", "float32", "bfloat16"),
-               f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
-        d = self.device
-        _check(isinstance(d, str) and (d in ("auto", "cpu", "cuda", "mps")
-                                       or (d.startswith("cuda:") and d[5:].isdigit())),
-               f"device must be auto, cpu, cuda, cuda:N or mps, got {d!r}")
+        _check(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+            f"max_prompt_tokens must be a positive integer (or unset), got {v!r}",
+        )
 
 
 def model_preset(name: str, **overrides: Any) -> ModelConfig:
     """ModelConfig of a named preset, e.g. `model_preset("gpt2")`."""
     return ModelConfig(**{**get_preset(name).get("model", {}), **overrides})
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` with `over` on top, nested dicts merged key by key (presets, YAML files, recipe configs)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}: the dotted names the CLI's flags use."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(d: dict) -> dict:
+    """{"train.lr": 1e-3} -> {"train": {"lr": 1e-3}}."""
+    out: dict = {}
+    for key, v in d.items():
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -431,10 +516,11 @@ def from_dict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-_CONFIG_CLASSES = {c.__name__: c for c in (ModelConfig, TokenizerConfig, CorpusConfig, TrainConfig, SampleConfig,
-                                               LoRAConfig)}
+_CONFIG_CLASSES = {
+    c.__name__: c for c in (ModelConfig, TokenizerConfig, CorpusConfig, TrainConfig, SampleConfig, LoRAConfig)
+}
 
 
-def _dataclass_type(annotation: Any) -> Optional[type]:
+def _dataclass_type(annotation: Any) -> type | None:
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     return _CONFIG_CLASSES.get(name)

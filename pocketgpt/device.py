@@ -11,7 +11,9 @@ import contextlib
 import functools
 import os
 import platform
-from typing import Iterator
+import time
+import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -35,8 +37,14 @@ def cpu_info() -> dict:
         pass
     units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     mkldnn_ok = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    return {"model": model, "cpus": os.cpu_count(), "bf16_units": units, "native_bf16": bool(units) and mkldnn_ok,
-            "avx512": "avx512f" in flags, "avx2": "avx2" in flags}
+    return {
+        "model": model,
+        "cpus": os.cpu_count(),
+        "bf16_units": units,
+        "native_bf16": bool(units) and mkldnn_ok,
+        "avx512": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+    }
 
 
 def describe_cpu() -> str:
@@ -52,7 +60,7 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but no CUDA GPU is available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("device 'mps' requested but MPS is not available")
@@ -89,7 +97,7 @@ def physical_cores() -> int:
     so a second thread per core only adds synchronisation to matmul-bound work)."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:                                   # macOS / Windows
+    except AttributeError:  # macOS / Windows
         return max(1, (os.cpu_count() or 2) // 2) if platform.machine() in ("x86_64", "AMD64") else os.cpu_count() or 1
     cores = set()
     for cpu in cpus:
@@ -113,13 +121,45 @@ def set_threads(n: int = 0) -> int:
     return torch.get_num_threads()
 
 
-def setup_device(train_cfg, verbose: bool = True) -> tuple[torch.device, torch.dtype]:
-    """Device, compute precision and threads for a training run (TrainConfig), printed in one line."""
-    device = pick_device(train_cfg.device)
-    dtype = pick_dtype(train_cfg.dtype, device)
-    threads = set_threads(train_cfg.threads)
+def setup_runtime(runtime, verbose: bool = True) -> tuple[torch.device, torch.dtype]:
+    """Device, precision and threads from a RuntimeConfig (or TrainConfig / ServeConfig, which extend it), set up and
+    printed in one line: the one way every command turns --device / --dtype / --threads into torch objects."""
+    device = pick_device(runtime.device)
+    dtype = pick_dtype(runtime.dtype, device)
+    threads = set_threads(runtime.threads)
+    if dtype == torch.bfloat16 and not native_bf16(device):
+        warnings.warn(
+            f"this {device.type} has no native bf16 units: bfloat16 will be slower than float32", stacklevel=2
+        )
     if verbose:
-        where = describe_cpu() if device.type == "cpu" else \
-            torch.cuda.get_device_name() if device.type == "cuda" else device.type
-        print(f"device: {device.type} · {where} · {threads} threads · {str(dtype).replace('torch.', '')}")
+        print(f"device: {describe_device(device)} · {threads} threads · {str(dtype).replace('torch.', '')}")
     return device, dtype
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cpu":
+        return f"cpu · {describe_cpu()}"
+    if device.type == "cuda":
+        return f"cuda · {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def peak_flops(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5
+) -> float:
+    """Measured matmul throughput (FLOP/s, best of `reps`) of an n x n x n product on this device and precision:
+    MFU's denominator, and the peak every benchmark prints."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

@@ -17,39 +17,85 @@ import torch.nn.functional as F
 from pocketgpt.device import autocast
 
 
+def eval_windows(n_tokens: int, block_size: int, batch_size: int) -> list[list[int]]:
+    """The start offsets of the non-overlapping windows that cover every target of an n-token stream, grouped into
+    forward passes: full windows batch_size at a time, then the shorter last window alone. Every evaluation of a
+    token stream (this module's, a benchmark's of a peer's model, each rank's share under torchrun) uses these."""
+    starts = list(range(0, n_tokens - 1, block_size))
+    full = [s for s in starts if s + block_size + 1 <= n_tokens]
+    partial = [s for s in starts if s + block_size + 1 > n_tokens]
+    return [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in partial]
+
+
 @torch.no_grad()
-def evaluate_tokens(model, tokens: np.ndarray, token_bytes: np.ndarray, *, batch_size: int = 16,
-                    max_tokens: int = 0, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> dict:
-    """Loss (nats/token), perplexity and bpb of `model` on `tokens` (1-D ids)."""
+def loss_sums(
+    model,
+    tokens: np.ndarray,
+    token_bytes: np.ndarray,
+    groups: list[list[int]],
+    *,
+    n_tokens: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """float64 [summed loss, summed loss over byte-carrying targets, targets, bytes] over the windows `groups`
+    (a subset of eval_windows(n_tokens, ...)): sums, so shares computed apart (ranks) add up to the whole."""
     device = torch.device(device)
     T = model.config.block_size
-    n = len(tokens) if max_tokens <= 0 else min(len(tokens), max_tokens + 1)
-    if n < 2:
-        raise ValueError(f"need at least 2 tokens to evaluate, got {n}")
     tb = torch.as_tensor(np.asarray(token_bytes), dtype=torch.float64)
     was_training = model.training
     model.eval()
-    sum_loss, sum_loss_bytes, n_targets, n_bytes = 0.0, 0.0, 0, 0.0
-    starts = list(range(0, n - 1, T))
-    full = [s for s in starts if s + T + 1 <= n]
-    partial = [s for s in starts if s + T + 1 > n]
-    groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in partial]
+    sums = torch.zeros(4, dtype=torch.float64)
     for group in groups:
-        length = min(T, n - 1 - group[0])
-        buf = np.stack([np.asarray(tokens[s:s + length + 1], dtype=np.int64) for s in group])
+        length = min(T, n_tokens - 1 - group[0])
+        buf = np.stack([np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in group])
         buf = torch.from_numpy(buf)
         x, y = buf[:, :-1].to(device), buf[:, 1:]
         with autocast(device, dtype):
             logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
-                               reduction="none").double().cpu()
+        loss = (
+            F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="none")
+            .double()
+            .cpu()
+        )
         nbytes = tb[y.reshape(-1)]
-        sum_loss += loss.sum().item()
-        sum_loss_bytes += (loss * (nbytes > 0)).sum().item()
-        n_targets += loss.numel()
-        n_bytes += nbytes.sum().item()
+        sums += torch.stack(
+            [
+                loss.sum(),
+                (loss * (nbytes > 0)).sum(),
+                torch.tensor(float(loss.numel()), dtype=torch.float64),
+                nbytes.sum(),
+            ]
+        )
     model.train(was_training)
+    return sums
+
+
+def metrics_from_sums(sums: torch.Tensor) -> dict:
+    sum_loss, sum_loss_bytes, n_targets, n_bytes = (float(v) for v in sums)
     mean = sum_loss / n_targets
-    return {"loss": mean, "perplexity": math.exp(min(mean, 700)), "bpb": sum_loss_bytes / (math.log(2) * max(n_bytes, 1)),
-            "tokens": n_targets, "bytes": int(n_bytes)}
+    return {
+        "loss": mean,
+        "perplexity": math.exp(min(mean, 700)),
+        "bpb": sum_loss_bytes / (math.log(2) * max(n_bytes, 1)),
+        "tokens": int(n_targets),
+        "bytes": int(n_bytes),
+    }
+
+
+def evaluate_tokens(
+    model,
+    tokens: np.ndarray,
+    token_bytes: np.ndarray,
+    *,
+    batch_size: int = 16,
+    max_tokens: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """Loss (nats/token), perplexity and bpb of `model` on `tokens` (1-D ids)."""
+    n = len(tokens) if max_tokens <= 0 else min(len(tokens), max_tokens + 1)
+    if n < 2:
+        raise ValueError(f"need at least 2 tokens to evaluate, got {n}")
+    groups = eval_windows(n, model.config.block_size, batch_size)
+    return metrics_from_sums(loss_sums(model, tokens, token_bytes, groups, n_tokens=n, device=device, dtype=dtype))

@@ -17,6 +17,7 @@ def plot_run(run_dir: Path | str, out: Path | str | None = None) -> Path:
     if not rows:
         raise UserError(f"{metrics} is empty: nothing to plot yet")
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -18,26 +18,20 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
 
-from pocketgpt.config import FinetuneRun, SampleConfig, TrainRun, from_dict, to_dict
+from pocketgpt.config import FinetuneRun, SampleConfig, TrainRun, deep_merge, from_dict, to_dict
 from pocketgpt.device import describe_cpu
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
 
 # --- config ---------------------------------------------------------------------------------------
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """`base` with `over` on top, nested dicts merged key by key."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def load_config(recipe: str, path: str | None = None, quick: bool = False) -> dict:
@@ -50,9 +44,17 @@ def load_config(recipe: str, path: str | None = None, quick: bool = False) -> di
 
 def train_run(cfg: dict, data: Path, out: Path) -> TrainRun:
     """A pre-training run from the recipe's `model`, `tokenizer` and `pretrain` (TrainConfig fields) sections."""
-    return from_dict(TrainRun, {"data": str(data), "out": str(out), "model": cfg["model"],
-                                "tokenizer": cfg["tokenizer"], "corpus": cfg.get("corpus", {}),
-                                "train": cfg["pretrain"]})
+    return from_dict(
+        TrainRun,
+        {
+            "data": str(data),
+            "out": str(out),
+            "model": cfg["model"],
+            "tokenizer": cfg["tokenizer"],
+            "corpus": cfg.get("corpus", {}),
+            "train": cfg["pretrain"],
+        },
+    )
 
 
 def finetune_run(section: dict, data: Path, out: Path, task: str) -> FinetuneRun:
@@ -76,10 +78,12 @@ def trainable_parameters(run_dir: Path) -> int:
     if "trainable_parameters" in final:
         return int(final["trainable_parameters"])
     from pocketgpt.checkpoint import load_checkpoint
+
     return load_checkpoint(run_dir).model.num_params()
 
 
 # --- timing and memory ----------------------------------------------------------------------------
+
 
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False where not possible."""
@@ -102,13 +106,13 @@ def _rss_mb() -> float:
     """Current resident memory (Linux); 0 where /proc is missing."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError):
         return 0.0
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2 ** 20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
 class Report:
@@ -122,13 +126,20 @@ class Report:
         self.process_peak = _peak_rss_mb()
         self.per_stage = True
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        self.env = {"cpu": describe_cpu(), "machine": f"{platform.system()} {platform.machine()}",
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                    "load_average_at_start": load, "command": " ".join(["python", *argv])}
-        print(f"== recipe {recipe} · {self.env['cpu']} · torch {torch.__version__} · {self.env['date']} · "
-              f"load average {_fmt_load(load)}")
+        self.env = {
+            "cpu": describe_cpu(),
+            "machine": f"{platform.system()} {platform.machine()}",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average_at_start": load,
+            "command": " ".join(["python", *argv]),
+        }
+        print(
+            f"== recipe {recipe} · {self.env['cpu']} · torch {torch.__version__} · {self.env['date']} · "
+            f"load average {_fmt_load(load)}"
+        )
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict]:
@@ -144,16 +155,25 @@ class Report:
         rec["peak_rss_mb"] = round(peak if self.per_stage else self.process_peak, 1)
         rec["process_peak_rss_mb"] = round(self.process_peak, 1)
         self.stages.append(rec)
-        print(f"== stage {name}: {rec['wall_s']} s · peak RSS {rec['peak_rss_mb']} MB "
-              f"(process so far {rec['process_peak_rss_mb']} MB)", flush=True)
+        print(
+            f"== stage {name}: {rec['wall_s']} s · peak RSS {rec['peak_rss_mb']} MB "
+            f"(process so far {rec['process_peak_rss_mb']} MB)",
+            flush=True,
+        )
 
     def finish(self, out: Path, cfg: dict, metrics: dict, tables: list[str]) -> dict:
-        result = {"recipe": self.recipe, "env": self.env, "total_wall_s": round(time.perf_counter() - self.t0, 1),
-                  "peak_rss_note": "peak_rss_mb: peak resident memory during the stage"
-                                   + ("" if self.per_stage else " (not resettable here: process peak so far)")
-                                   + "; rss_start_mb: resident memory when the stage began (after gc and malloc_trim)"
-                                   "; process_peak_rss_mb: the process's peak so far (ru_maxrss)",
-                  "stages": self.stages, "metrics": metrics, "config": cfg}
+        result = {
+            "recipe": self.recipe,
+            "env": self.env,
+            "total_wall_s": round(time.perf_counter() - self.t0, 1),
+            "peak_rss_note": "peak_rss_mb: peak resident memory during the stage"
+            + ("" if self.per_stage else " (not resettable here: process peak so far)")
+            + "; rss_start_mb: resident memory when the stage began (after gc and malloc_trim)"
+            "; process_peak_rss_mb: the process's peak so far (ru_maxrss)",
+            "stages": self.stages,
+            "metrics": metrics,
+            "config": cfg,
+        }
         (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
         md = "\n\n".join([self.header(result), *tables, self.stage_table()])
         (out / "results.md").write_text(md + "\n", encoding="utf-8")
@@ -162,15 +182,26 @@ class Report:
 
     def header(self, result: dict) -> str:
         e = self.env
-        return (f"**{self.recipe}** · {e['cpu']} · {e['machine']} · torch {e['torch']} · {e['threads']} threads · "
-                f"{e['date']} · load average at start {_fmt_load(e['load_average_at_start'])} · "
-                f"total {result['total_wall_s'] / 60:.1f} min\n\n`{e['command']}`")
+        return (
+            f"**{self.recipe}** · {e['cpu']} · {e['machine']} · torch {e['torch']} · {e['threads']} threads · "
+            f"{e['date']} · load average at start {_fmt_load(e['load_average_at_start'])} · "
+            f"total {result['total_wall_s'] / 60:.1f} min\n\n`{e['command']}`"
+        )
 
     def stage_table(self) -> str:
-        rows = [[s["stage"], f"{s['wall_s']:.1f}", f"{s['rss_start_mb']:.0f}", f"{s['peak_rss_mb']:.0f}",
-                 f"{s['process_peak_rss_mb']:.0f}"] for s in self.stages]
-        return table(["stage", "wall (s)", "RSS at start (MB)", "peak RSS in stage (MB)", "process peak so far (MB)"],
-                     rows)
+        rows = [
+            [
+                s["stage"],
+                f"{s['wall_s']:.1f}",
+                f"{s['rss_start_mb']:.0f}",
+                f"{s['peak_rss_mb']:.0f}",
+                f"{s['process_peak_rss_mb']:.0f}",
+            ]
+            for s in self.stages
+        ]
+        return table(
+            ["stage", "wall (s)", "RSS at start (MB)", "peak RSS in stage (MB)", "process peak so far (MB)"], rows
+        )
 
 
 def _fmt_load(load: float | None) -> str:
@@ -185,10 +216,12 @@ def table(header: list[str], rows: list[list]) -> str:
 
 # --- generation -----------------------------------------------------------------------------------
 
+
 def chat_complete(model, tokenizer, user_texts: list[str], *, max_new_tokens: int, batch_size: int = 32) -> list[str]:
     """Greedy answers to single-turn user messages, decoded in batches of similar prompt lengths (float32)."""
     from pocketgpt.generate.text import TextGenerator
     from pocketgpt.tokenizer import chat
+
     gen = TextGenerator(model, tokenizer, device="cpu")
     prompts = [chat.render_for_completion([{"role": "user", "content": t}], tokenizer) for t in user_texts]
     stops = chat.stop_token_ids(tokenizer)
@@ -196,12 +229,21 @@ def chat_complete(model, tokenizer, user_texts: list[str], *, max_new_tokens: in
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
+        chunk = order[s : s + batch_size]
         for i, row in zip(chunk, gen.complete_ids_batch([prompts[i] for i in chunk], sample, stops)):
             out[i] = row[0].text.strip()
         print(f"  generated {min(s + batch_size, len(order))}/{len(order)}", flush=True)
     return out
 
 
-__all__ = ["Report", "chat_complete", "deep_merge", "finetune_run", "load_config", "table", "to_dict", "train_run",
-           "trainable_parameters", "write_jsonl"]
+__all__ = [
+    "Report",
+    "chat_complete",
+    "finetune_run",
+    "load_config",
+    "table",
+    "to_dict",
+    "train_run",
+    "trainable_parameters",
+    "write_jsonl",
+]

@@ -14,9 +14,11 @@ from pocketgpt.config import ModelConfig
 from pocketgpt.model import GPT
 from pocketgpt.tokenizer import Tokenizer
 
-WORDS = ("the model reads tokens and predicts the next one attention mixes values from earlier positions "
-         "a residual stream carries information through every block while layer norms keep it steady "
-         "python code def return import class for while if else print list dict").split()
+WORDS = (
+    "the model reads tokens and predicts the next one attention mixes values from earlier positions "
+    "a residual stream carries information through every block while layer norms keep it steady "
+    "python code def return import class for while if else print list dict"
+).split()
 
 
 def make_text(n_sentences: int = 400, seed: int = 0) -> str:
@@ -71,14 +73,40 @@ def run_cli(capsys):
         code = main([str(a) for a in args])
         out = capsys.readouterr()
         return code, out.out, out.err
+
     return run
 
 
-TINY_TRAIN_FLAGS = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
-                    "--tokenizer.vocab_size", "300", "--train.batch_size", "4", "--train.max_steps", "6",
-                    "--train.warmup_steps", "2", "--train.eval_every", "3", "--train.save_every", "3",
-                    "--train.eval_tokens", "512", "--train.samples", "0", "--train.log_every", "1",
-                    "--train.dtype", "float32"]
+TINY_TRAIN_FLAGS = [
+    "--model.n_layer",
+    "2",
+    "--model.n_head",
+    "2",
+    "--model.n_embd",
+    "32",
+    "--model.block_size",
+    "32",
+    "--tokenizer.vocab_size",
+    "300",
+    "--train.batch_size",
+    "4",
+    "--train.max_steps",
+    "6",
+    "--train.warmup_steps",
+    "2",
+    "--train.eval_every",
+    "3",
+    "--train.save_every",
+    "3",
+    "--train.eval_tokens",
+    "512",
+    "--train.samples",
+    "0",
+    "--train.log_every",
+    "1",
+    "--train.dtype",
+    "float32",
+]
 
 
 class OneBatch:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _logits(model, tokenizer, text="The model reads tokens and predicts the next one."):
-    ids = torch.tensor([tokenizer.encode(text)[:model.config.block_size]])
+    ids = torch.tensor([tokenizer.encode(text)[: model.config.block_size]])
     with torch.no_grad():
         return model(ids)[0]
 
@@ -35,12 +35,13 @@ def test_round_trip(tmp_path, tiny_cfg, tiny_tokenizer, tie):
     torch.manual_seed(0)
     model = GPT(ModelConfig(**{**tiny_cfg.__dict__, "tie_embeddings": tie})).eval()
     state = {"step": 7, "optimizer": {"m": torch.randn(3, 4)}, "rng": [1, 2, 3]}
-    path = save_checkpoint(tmp_path, "ckpt-0000007", model, tiny_tokenizer, step=7, train_state=state,
-                           extra={"note": "hello"})
+    path = save_checkpoint(
+        tmp_path, "ckpt-0000007", model, tiny_tokenizer, step=7, train_state=state, extra={"note": "hello"}
+    )
     assert path == tmp_path / "ckpt-0000007"
     assert (tmp_path / LATEST).read_text().strip() == "ckpt-0000007"
 
-    for where in (tmp_path, path):                               # run folder (via LATEST) or the checkpoint itself
+    for where in (tmp_path, path):  # run folder (via LATEST) or the checkpoint itself
         ckpt = load_checkpoint(where)
         assert ckpt.path == path
         assert ckpt.meta["step"] == 7 and ckpt.meta["note"] == "hello"
@@ -53,8 +54,9 @@ def test_round_trip(tmp_path, tiny_cfg, tiny_tokenizer, tie):
         assert tok.fingerprint() == tiny_tokenizer.fingerprint() and tok.n_vocab == tiny_tokenizer.n_vocab
         text = "Café déjà vu — 中文 🙂 def return"
         assert tok.encode(text) == tiny_tokenizer.encode(text) and tok.decode(tok.encode(text)) == text
-    if tie:                                                      # one copy of the shared matrix on disk
+    if tie:  # one copy of the shared matrix on disk
         from safetensors.torch import load_file
+
         assert "lm_head.weight" not in load_file(str(path / "model.safetensors"))
         assert ckpt.model.lm_head.weight.data_ptr() == ckpt.model.transformer.wte.weight.data_ptr()
 
@@ -67,8 +69,8 @@ def test_newer_checkpoint_replaces_older(tmp_path, tiny_model, tiny_tokenizer):
     save_checkpoint(tmp_path, "ckpt-0000002", tiny_model, tiny_tokenizer, step=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "ckpt-0000002"]
     assert load_checkpoint(tmp_path).meta["step"] == 2
-    assert load_train_state(tmp_path) is None                    # saved without one
-    save_checkpoint(tmp_path, "ckpt-0000002", tiny_model, tiny_tokenizer, step=3)   # same name again
+    assert load_train_state(tmp_path) is None  # saved without one
+    save_checkpoint(tmp_path, "ckpt-0000002", tiny_model, tiny_tokenizer, step=3)  # same name again
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "ckpt-0000002"]
     assert load_checkpoint(tmp_path).meta["step"] == 3
 
@@ -76,10 +78,10 @@ def test_newer_checkpoint_replaces_older(tmp_path, tiny_model, tiny_tokenizer):
 def test_parked_folder_is_used_when_a_same_name_save_was_killed(tmp_path, tiny_model, tiny_tokenizer):
     """A kill between parking ckpt-X (to overwrite it) and moving the new ckpt-X in leaves LATEST loadable."""
     save_checkpoint(tmp_path, "ckpt-0000005", tiny_model, tiny_tokenizer, step=5)
-    os.replace(tmp_path / "ckpt-0000005", tmp_path / ".ckpt-0000005.old")          # the state at that moment
+    os.replace(tmp_path / "ckpt-0000005", tmp_path / ".ckpt-0000005.old")  # the state at that moment
     assert resolve(tmp_path) == tmp_path / ".ckpt-0000005.old"
     assert load_checkpoint(tmp_path).meta["step"] == 5
-    save_checkpoint(tmp_path, "ckpt-0000006", tiny_model, tiny_tokenizer, step=6)   # the next save tidies up
+    save_checkpoint(tmp_path, "ckpt-0000006", tiny_model, tiny_tokenizer, step=6)  # the next save tidies up
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "ckpt-0000006"]
 
 
@@ -114,23 +116,31 @@ def test_sigkill_while_saving_always_leaves_a_loadable_checkpoint(tmp_path):
     script.write_text(CHILD)
     runs = [(tmp_path / f"run{i}", "same" if i % 2 else "new") for i in range(4)]
     rng = random.Random()
-    for rnd in range(2):                                   # the second round starts over the debris of the first
-        children = [subprocess.Popen([sys.executable, str(script), str(d), mode], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True) for d, mode in runs]
+    for _rnd in range(2):  # the second round starts over the debris of the first
+        children = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(d), mode],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for d, mode in runs
+        ]
         try:
             first = []
             for child in children:
-                line = child.stdout.readline()            # blocks until one save completed
+                line = child.stdout.readline()  # blocks until one save completed
                 assert line.strip(), child.stderr.read()
                 first.append(int(line))
             time.sleep(rng.uniform(0.0, 0.3))
             for child in children:
-                time.sleep(rng.uniform(0.0, 0.08))        # ~1 save: land anywhere inside one
+                time.sleep(rng.uniform(0.0, 0.08))  # ~1 save: land anywhere inside one
                 child.send_signal(signal.SIGKILL)
             for (d, mode), child, step1 in zip(runs, children, first):
                 assert child.wait(timeout=30) == -signal.SIGKILL
                 completed = [step1] + [int(x) for x in child.stdout.read().split()]
-                ckpt = load_checkpoint(d)                 # never raises
+                ckpt = load_checkpoint(d)  # never raises
                 step = ckpt.meta["step"]
                 assert step >= max(completed), (mode, step, completed)
                 assert ckpt.model.transformer.wte.weight[0, 0].item() == step
@@ -149,7 +159,7 @@ class _Evil:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))                   # unpickling would create the marker file
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
 
 
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
@@ -165,14 +175,15 @@ def test_load_train_state_never_runs_pickled_code(tmp_path, tiny_model, tiny_tok
     with pytest.raises(UserError, match="train_state.pt"):
         load_train_state(tmp_path)
     assert not marker.exists()
-    assert not [str(w.message) for w in recwarn]            # refused quietly: the CLI prints one line
-    pickle.loads(pickle.dumps(_Evil(marker)))               # the payload is live: plain pickle does run it
+    assert not [str(w.message) for w in recwarn]  # refused quietly: the CLI prints one line
+    pickle.loads(pickle.dumps(_Evil(marker)))  # the payload is live: plain pickle does run it
     assert marker.exists()
 
 
 def test_load_train_state_refuses_a_truncated_file(tmp_path, tiny_model, tiny_tokenizer):
-    ckpt = save_checkpoint(tmp_path, "ckpt-0000001", tiny_model, tiny_tokenizer, step=1,
-                           train_state={"step": 1, "x": torch.randn(100)})
+    ckpt = save_checkpoint(
+        tmp_path, "ckpt-0000001", tiny_model, tiny_tokenizer, step=1, train_state={"step": 1, "x": torch.randn(100)}
+    )
     f = ckpt / "train_state.pt"
     f.write_bytes(f.read_bytes()[:200])
     with pytest.raises(UserError, match="unreadable"):

@@ -25,15 +25,15 @@ def test_uniform_model_scores_log2_vocab_bits_per_byte_on_bytes():
     V = 256
     tokens = np.random.default_rng(0).integers(0, V, size=1000)
     r = evaluate_tokens(Uniform(V, 64), tokens, np.ones(V, dtype=np.int32), batch_size=4)
-    assert r["tokens"] == 999                            # every target once, non-overlapping windows + a partial one
+    assert r["tokens"] == 999  # every target once, non-overlapping windows + a partial one
     assert r["loss"] == pytest.approx(math.log(V))
-    assert r["bpb"] == pytest.approx(8.0)                # log2(256) bits for each one-byte token
+    assert r["bpb"] == pytest.approx(8.0)  # log2(256) bits for each one-byte token
     assert r["perplexity"] == pytest.approx(V)
 
 
 def test_multi_byte_tokens_and_specials_in_bpb():
     V = 10
-    lengths = np.array([3] * 9 + [0], dtype=np.int32)     # id 9 is a special token: no bytes, left out of bpb
+    lengths = np.array([3] * 9 + [0], dtype=np.int32)  # id 9 is a special token: no bytes, left out of bpb
     tokens = np.array([1, 2, 9, 3, 4, 5, 9, 6])
     r = evaluate_tokens(Uniform(V, 4), tokens, lengths)
     n_text_targets = sum(1 for t in tokens[1:] if t != 9)

@@ -14,15 +14,44 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "run.py"
 
-POS = ["a gripping , funny and warm film", "the acting is superb and the story moving", "a delight from start to end",
-       "smart , tender and beautifully made", "one of the best movies of the year", "charming and wonderfully acted"]
-NEG = ["a dull , lifeless mess", "the plot is thin and the jokes fall flat", "boring from start to end",
-       "clumsy , tedious and far too long", "one of the worst movies of the year", "badly written and poorly acted"]
-EN_ZH = [("Hi.", "嗨。"), ("Run!", "你用跑的。"), ("I won!", "我赢了。"), ("Help!", "救命！"), ("Wait!", "等等！"),
-         ("I see.", "我明白了。"), ("Cheers!", "乾杯!"), ("Get out!", "滾出去！"), ("Go away!", "走開！"),
-         ("Thank you.", "謝謝！"), ("I'm home.", "我到家了。"), ("Be quiet.", "安静点。"), ("I like tea.", "我喜欢茶。"),
-         ("He is tall.", "他很高。"), ("It's cold.", "天很冷。"), ("Come here.", "过来。"), ("I am sad.", "我很难过。"),
-         ("Who is he?", "他是谁？"), ("I'm tired.", "我累了。"), ("Good luck.", "祝你好运。")]
+POS = [
+    "a gripping , funny and warm film",
+    "the acting is superb and the story moving",
+    "a delight from start to end",
+    "smart , tender and beautifully made",
+    "one of the best movies of the year",
+    "charming and wonderfully acted",
+]
+NEG = [
+    "a dull , lifeless mess",
+    "the plot is thin and the jokes fall flat",
+    "boring from start to end",
+    "clumsy , tedious and far too long",
+    "one of the worst movies of the year",
+    "badly written and poorly acted",
+]
+EN_ZH = [
+    ("Hi.", "嗨。"),
+    ("Run!", "你用跑的。"),
+    ("I won!", "我赢了。"),
+    ("Help!", "救命！"),
+    ("Wait!", "等等！"),
+    ("I see.", "我明白了。"),
+    ("Cheers!", "乾杯!"),
+    ("Get out!", "滾出去！"),
+    ("Go away!", "走開！"),
+    ("Thank you.", "謝謝！"),
+    ("I'm home.", "我到家了。"),
+    ("Be quiet.", "安静点。"),
+    ("I like tea.", "我喜欢茶。"),
+    ("He is tall.", "他很高。"),
+    ("It's cold.", "天很冷。"),
+    ("Come here.", "过来。"),
+    ("I am sad.", "我很难过。"),
+    ("Who is he?", "他是谁？"),
+    ("I'm tired.", "我累了。"),
+    ("Good luck.", "祝你好运。"),
+]
 
 
 def write_fake_data(root: Path) -> Path:
@@ -30,13 +59,16 @@ def write_fake_data(root: Path) -> Path:
     rng = random.Random(0)
     (root / "sst2").mkdir(parents=True)
     for name, n in (("train", 24), ("dev", 8)):
-        lines = [f"{rng.choice(POS if i % 2 else NEG)} {rng.choice(['.', '!', ', really .'])}\t{i % 2}"
-                 for i in range(n)]
+        lines = [
+            f"{rng.choice(POS if i % 2 else NEG)} {rng.choice(['.', '!', ', really .'])}\t{i % 2}" for i in range(n)
+        ]
         (root / "sst2" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "tatoeba-cmn").mkdir()
     pairs = EN_ZH + [(f"{e[:-1]} again{e[-1]}", f"{z[:-1]}又{z[-1]}") for e, z in EN_ZH]
-    lines = [f"{e}\t{z}\tCC-BY 2.0 (France) Attribution: tatoeba.org #{i} (x) & #{i + 1000} (y)"
-             for i, (e, z) in enumerate(pairs)]
+    lines = [
+        f"{e}\t{z}\tCC-BY 2.0 (France) Attribution: tatoeba.org #{i} (x) & #{i + 1000} (y)"
+        for i, (e, z) in enumerate(pairs)
+    ]
     (root / "tatoeba-cmn" / "cmn.txt").write_text("\ufeff" + "\n".join(lines) + "\n\n", encoding="utf-8")
     (root / "gsm8k").mkdir()
     for name, n in (("train", 20), ("test", 6)):
@@ -44,8 +76,9 @@ def write_fake_data(root: Path) -> Path:
         for _ in range(n):
             a, b = rng.randint(2, 50), rng.randint(2, 50)
             q = f"Tom has {a} apples and buys {b} more.\u2028How many apples does Tom have now?"  # GSM8K has U+2028
-            recs.append({"question": q, "answer": f"Tom has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n"
-                                                  f"#### {a + b:,}"})
+            recs.append(
+                {"question": q, "answer": f"Tom has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b:,}"}
+            )
         (root / "gsm8k" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     return root
 
@@ -53,14 +86,20 @@ def write_fake_data(root: Path) -> Path:
 def run_recipe(recipe: str, tmp_path: Path) -> dict:
     data = write_fake_data(tmp_path / "data")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(SCRIPT), recipe, "--data-dir", str(data), "--out", str(out), "--quick"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), recipe, "--data-dir", str(data), "--out", str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert result["recipe"] == recipe
     assert {"cpu", "date", "command", "torch"} <= set(result["env"])
-    assert result["stages"] and all({"stage", "wall_s", "peak_rss_mb", "process_peak_rss_mb"} <= set(s)
-                                    for s in result["stages"])
+    assert result["stages"] and all(
+        {"stage", "wall_s", "peak_rss_mb", "process_peak_rss_mb"} <= set(s) for s in result["stages"]
+    )
     assert (out / "results.md").read_text(encoding="utf-8").count("|") > 10
     return result["metrics"]
 

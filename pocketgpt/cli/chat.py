@@ -13,12 +13,19 @@ import warnings
 from typing import Optional
 
 from pocketgpt.cli.fields import add_dataclass_flags, dataclass_from
-from pocketgpt.config import SampleConfig
+from pocketgpt.config import RuntimeConfig, SampleConfig
 from pocketgpt.errors import UserError
 from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
 
-SKIP = {"stop", "num_beams", "num_samples", "logprobs", "top_logprobs",   # one streamed answer per turn,
-        "length_penalty", "early_stopping"}                           # never a beam search
+SKIP = {
+    "stop",
+    "num_beams",
+    "num_samples",
+    "logprobs",
+    "top_logprobs",  # one streamed answer per turn,
+    "length_penalty",
+    "early_stopping",
+}  # never a beam search
 PROMPT, BOT = "you> ", "bot> "
 HELP = """commands:
   /reset         forget the conversation (the system message stays)
@@ -30,13 +37,16 @@ HELP = """commands:
 def add_chat_arguments(parser) -> None:
     """The flags of `pocketgpt chat` on a jsonargparse (or argparse) parser."""
     parser.add_argument("checkpoint", help="checkpoint or run folder of a model fine-tuned for chat")
-    parser.add_argument("-p", "--prompt", type=Optional[str], default=None,
-                        help="one message: print the answer and exit (default: an interactive chat)")
+    parser.add_argument(
+        "-p",
+        "--prompt",
+        type=Optional[str],
+        default=None,
+        help="one message: print the answer and exit (default: an interactive chat)",
+    )
     parser.add_argument("--system", type=Optional[str], default=None, help="system message that opens the conversation")
     add_dataclass_flags(parser, SampleConfig, dashes=True, skip=SKIP)
-    parser.add_argument("--dtype", type=str, default="auto",
-                        help="inference precision: auto (bf16 where native), float32 or bfloat16")
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    add_dataclass_flags(parser, RuntimeConfig)
 
 
 def _note(msg: str) -> None:
@@ -47,14 +57,14 @@ def _note(msg: str) -> None:
 class ChatSession:
     """The conversation so far, and how one user message becomes a streamed answer."""
 
-    def __init__(self, generator, sample: SampleConfig, system: Optional[str] = None):
+    def __init__(self, generator, sample: SampleConfig, system: str | None = None):
         self.generator, self.sample, self.system = generator, sample, system
         self.tokenizer = generator.tokenizer
-        self.history: list[dict] = []                              # user / assistant turns, oldest first
+        self.history: list[dict] = []  # user / assistant turns, oldest first
         self.stop_ids = stop_token_ids(self.tokenizer)
         block = generator.engine.cfg.block_size
         self.block_size = block
-        self.budget = max(1, block - max(16, block // 4))          # prompt tokens; the rest is room for the answer
+        self.budget = max(1, block - max(16, block // 4))  # prompt tokens; the rest is room for the answer
 
     def messages(self, user: str) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system is not None else []
@@ -70,16 +80,20 @@ class ChatSession:
             ids = render_for_completion(self.messages(user), self.tokenizer)
             if len(ids) <= self.budget or not self.history:
                 break
-            del self.history[0]                                    # the oldest user message ...
+            del self.history[0]  # the oldest user message ...
             if self.history and self.history[0]["role"] == "assistant":
-                del self.history[0]                                # ... and its answer
+                del self.history[0]  # ... and its answer
             dropped += 1
         if dropped:
-            _note(f"(dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} to fit the "
-                  f"{self.block_size}-token context)")
+            _note(
+                f"(dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} to fit the "
+                f"{self.block_size}-token context)"
+            )
         if len(ids) > self.budget:
-            _note(f"(this message takes {len(ids)} tokens with the system message, more than the {self.budget} "
-                  f"the {self.block_size}-token context leaves for it: the model sees only its end)")
+            _note(
+                f"(this message takes {len(ids)} tokens with the system message, more than the {self.budget} "
+                f"the {self.block_size}-token context leaves for it: the model sees only its end)"
+            )
         return ids
 
     def say(self, user: str, out) -> str:
@@ -93,7 +107,7 @@ class ChatSession:
                 out.write(piece)
                 out.flush()
         except KeyboardInterrupt:
-            pass                                                   # keep what was said so far
+            pass  # keep what was said so far
         finally:
             stream.close()
             out.write("\n")
@@ -107,6 +121,7 @@ def _check_chat_ready(path) -> None:
     """UserError unless the checkpoint speaks our template; read before the weights are loaded."""
     from pocketgpt.checkpoint import read_meta, resolve
     from pocketgpt.tokenizer import Tokenizer
+
     meta = read_meta(path)
     template = meta.get("chat_template")
     problem = chat_problem(Tokenizer.load(resolve(path)), template)
@@ -114,11 +129,14 @@ def _check_chat_ready(path) -> None:
         hint = "; fine-tune it first with `pocketgpt finetune --task chat`" if "lacks" in problem else ""
         raise UserError(problem + hint)
     if template is None:
-        warnings.warn("this checkpoint's config names no chat_template: unless it was fine-tuned with "
-                      "`pocketgpt finetune --task chat`, its answers will be noise")
+        warnings.warn(
+            "this checkpoint's config names no chat_template: unless it was fine-tuned with "
+            "`pocketgpt finetune --task chat`, its answers will be noise",
+            stacklevel=2,
+        )
 
 
-def _read_line(tty: bool) -> Optional[str]:
+def _read_line(tty: bool) -> str | None:
     """The next line of input without its newline; None at end of input."""
     if tty:
         try:
@@ -153,15 +171,14 @@ def _command(session: ChatSession, line: str, tty: bool) -> bool:
 def run_chat(ns) -> int:
     """`pocketgpt chat`: one answer with -p, else a loop until /quit, end of input or Ctrl-C at the prompt."""
     from pocketgpt.checkpoint import load_checkpoint
-    from pocketgpt.device import pick_device, pick_dtype
+    from pocketgpt.device import setup_runtime
     from pocketgpt.generate.text import TextGenerator
-    if ns.dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {ns.dtype!r}")
+
     sample = dataclass_from(ns, SampleConfig)
     _check_chat_ready(ns.checkpoint)
-    device = pick_device(ns.device)
+    device, dtype = setup_runtime(dataclass_from(ns, RuntimeConfig), verbose=False)
     ckpt = load_checkpoint(ns.checkpoint, device=device)
-    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=pick_dtype(ns.dtype, device))
+    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype)
     session = ChatSession(gen, sample, system=ns.system)
     if ns.prompt is not None:
         session.say(ns.prompt, sys.stdout)

@@ -4,37 +4,50 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from pocketgpt.cli.fields import dataclass_from, run_from_namespace
-from pocketgpt.config import CorpusConfig, SampleConfig, TokenizerConfig
+from pocketgpt.config import CorpusConfig, RuntimeConfig, SampleConfig, TokenizerConfig
 from pocketgpt.errors import UserError
 
 
 def dispatch(ns) -> int:
     cmd = ns.command
-    return {"train": cmd_train, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare, "generate": cmd_generate,
-            "eval": cmd_eval, "plot": cmd_plot, "convert": cmd_convert, "finetune": cmd_finetune,
-            "classify": cmd_classify, "merge": cmd_merge, "chat": cmd_chat, "serve": cmd_serve}[cmd](ns.get(cmd))
+    return {
+        "train": cmd_train,
+        "tokenizer": cmd_tokenizer,
+        "prepare": cmd_prepare,
+        "generate": cmd_generate,
+        "eval": cmd_eval,
+        "plot": cmd_plot,
+        "convert": cmd_convert,
+        "finetune": cmd_finetune,
+        "classify": cmd_classify,
+        "merge": cmd_merge,
+        "chat": cmd_chat,
+        "serve": cmd_serve,
+    }[cmd](ns.get(cmd))
 
 
 def cmd_train(ns) -> int:
     from pocketgpt.config import TrainRun
     from pocketgpt.train.pretrain import pretrain
+
     pretrain(run_from_namespace(ns, TrainRun), resume=bool(ns.resume))
     return 0
 
 
 def cmd_tokenizer(ns) -> int:
     from pocketgpt.checkpoint import load_tokenizer
+
     action = ns.action
     sub = ns.get(action)
     if action == "train":
         from pocketgpt.data.corpus import iter_documents
         from pocketgpt.tokenizer import Tokenizer
+
         tcfg = dataclass_from(sub, TokenizerConfig)
         ccfg = dataclass_from(sub, CorpusConfig)
         docs = iter_documents(sub.data, include_source=ccfg.include_source, extensions=ccfg.extensions)
@@ -68,31 +81,36 @@ def printable(text: str) -> str:
 def cmd_prepare(ns) -> int:
     from pocketgpt.checkpoint import load_tokenizer
     from pocketgpt.data.prepare import prepare
+
     ccfg = dataclass_from(ns, CorpusConfig)
-    prepare(ns.data, load_tokenizer(ns.tokenizer), ns.out, include_source=ccfg.include_source,
-            extensions=ccfg.extensions, val_fraction=ccfg.val_fraction)
+    prepare(
+        ns.data,
+        load_tokenizer(ns.tokenizer),
+        ns.out,
+        include_source=ccfg.include_source,
+        extensions=ccfg.extensions,
+        val_fraction=ccfg.val_fraction,
+    )
     return 0
 
 
 def _load(ns):
+    """The checkpoint on the device --device/--dtype/--threads ask for (RuntimeConfig; eval and classify have no
+    --dtype and compute in float32), and that device and dtype."""
     from pocketgpt.checkpoint import load_checkpoint
-    from pocketgpt.device import pick_device
-    device = pick_device(ns.device)
-    return load_checkpoint(ns.checkpoint, device=device), device
+    from pocketgpt.device import setup_runtime
+
+    device, dtype = setup_runtime(dataclass_from(ns, RuntimeConfig), verbose=False)
+    return load_checkpoint(ns.checkpoint, device=device), device, dtype
 
 
 def cmd_generate(ns) -> int:
-    from pocketgpt.device import native_bf16, pick_dtype
     from pocketgpt.generate.text import TextGenerator
-    if ns.dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {ns.dtype!r}")
+
     sample = dataclass_from(ns, SampleConfig)
     if ns.stream and (sample.num_samples > 1 or sample.num_beams > 1):
         raise UserError("--stream prints one sequence: drop --num-samples / --beams, or drop --stream")
-    ckpt, device = _load(ns)
-    dtype = pick_dtype(ns.dtype, device)
-    if ns.dtype == "bfloat16" and not native_bf16(device):
-        warnings.warn(f"this {device.type} has no native bf16 units: bfloat16 will be slower than float32")
+    ckpt, device, dtype = _load(ns)
     gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype)
     if ns.stream:
         sys.stdout.write(printable(ns.prompt))
@@ -114,9 +132,10 @@ def cmd_eval(ns) -> int:
     from pocketgpt.data.corpus import iter_documents
     from pocketgpt.data.prepare import encode_documents
     from pocketgpt.evaluate import evaluate_tokens
+
     if ns.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {ns.batch_size}")
-    ckpt, device = _load(ns)
+    ckpt, device, _ = _load(ns)
     tok = ckpt.tokenizer
     tokens = np.concatenate(list(encode_documents(iter_documents(ns.data), tok)))
     if len(tokens) < 2:
@@ -124,20 +143,24 @@ def cmd_eval(ns) -> int:
     r = evaluate_tokens(ckpt.model, tokens, tok.token_byte_lengths(), batch_size=ns.batch_size, device=device)
     r = {"checkpoint": str(ckpt.path), "data": ns.data, **r}
     if not ns.json:
-        print(f"loss {r['loss']:.4f} nats/token · perplexity {r['perplexity']:.2f} · {r['bpb']:.4f} bits/byte "
-              f"over {r['tokens']:,} tokens ({r['bytes']:,} bytes)")
+        print(
+            f"loss {r['loss']:.4f} nats/token · perplexity {r['perplexity']:.2f} · {r['bpb']:.4f} bits/byte "
+            f"over {r['tokens']:,} tokens ({r['bytes']:,} bytes)"
+        )
     print(json.dumps(r))
     return 0
 
 
 def cmd_plot(ns) -> int:
     from pocketgpt.plot import plot_run
+
     print(plot_run(Path(ns.run_dir), ns.out))
     return 0
 
 
 def cmd_convert(ns) -> int:
     from pocketgpt.interop import convert_from_hf, convert_to_hf
+
     if (ns.from_hf is None) == (ns.to_hf is None):
         raise UserError("give exactly one of --from-hf SOURCE or --to-hf CHECKPOINT")
     path = convert_from_hf(ns.from_hf, ns.out) if ns.from_hf else convert_to_hf(ns.to_hf, ns.out)
@@ -148,15 +171,17 @@ def cmd_convert(ns) -> int:
 def cmd_finetune(ns) -> int:
     from pocketgpt.config import FinetuneRun
     from pocketgpt.finetune.run import finetune
+
     finetune(ns.checkpoint, run_from_namespace(ns, FinetuneRun), resume=bool(ns.resume))
     return 0
 
 
 def cmd_classify(ns) -> int:
     from pocketgpt.finetune.classify import predict, read_column
+
     if bool(ns.text) == bool(ns.data):
         raise UserError("give --text TEXT (repeatable) or --data FILE, not both or neither")
-    ckpt, device = _load(ns)
+    ckpt, device, _ = _load(ns)
     labels = ckpt.meta.get("labels")
     if ckpt.meta.get("task") != "classify" or not labels:
         raise UserError(f"{ckpt.path} has no classification head: fine-tune it with --task classify first")
@@ -172,18 +197,21 @@ def cmd_classify(ns) -> int:
 
 def cmd_merge(ns) -> int:
     from pocketgpt.finetune.merge import merge_checkpoint
+
     print(f"wrote {merge_checkpoint(ns.checkpoint, ns.adapter, ns.out)}")
     return 0
 
 
 def cmd_chat(ns) -> int:
     from pocketgpt.cli.chat import run_chat
+
     return run_chat(ns)
 
 
 def cmd_serve(ns) -> int:
     from pocketgpt.config import ServeConfig
-    cfg = dataclass_from(ns, ServeConfig)                  # its checks name a bad flag before anything loads
+
+    cfg = dataclass_from(ns, ServeConfig)  # its checks name a bad flag before anything loads
     try:
         from pocketgpt.serve.app import serve
     except ImportError as e:

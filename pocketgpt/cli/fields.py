@@ -17,21 +17,30 @@ from jsonargparse import ArgumentParser
 from pocketgpt.config import from_dict
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each field of a dataclass, keyed by field name."""
+    """The string literal under each field of a dataclass (or of the dataclasses it extends), keyed by field name."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base) and base is not cls:
+            docs.update(field_docs(base))
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body
-    docs = {}
     for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = nxt.value.value.strip()
     return docs
 
 
-def add_dataclass_flags(parser: ArgumentParser, cls: type, *, skip: set[str] = frozenset(), dashes: bool = False,
-                        prefix: str = "") -> None:
+def add_dataclass_flags(
+    parser: ArgumentParser, cls: type, *, skip: set[str] = frozenset(), dashes: bool = False, prefix: str = ""
+) -> None:
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -41,14 +50,20 @@ def add_dataclass_flags(parser: ArgumentParser, cls: type, *, skip: set[str] = f
         if dashes and "_" in f.name:
             names.insert(0, f"--{prefix}{f.name.replace('_', '-')}")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        parser.add_argument(*names, dest=f"{prefix}{f.name}", type=hints[f.name], default=default,
-                            help=docs.get(f.name, ""))
+        parser.add_argument(
+            *names, dest=f"{prefix}{f.name}", type=hints[f.name], default=default, help=docs.get(f.name, "")
+        )
 
 
 def dataclass_from(ns, cls: type, prefix: str = ""):
     """Build `cls` from the flags add_dataclass_flags added (checks in __post_init__ run here)."""
-    return cls(**{f.name: getattr(ns, f"{prefix}{f.name}") for f in dataclasses.fields(cls)
-                  if hasattr(ns, f"{prefix}{f.name}")})
+    return cls(
+        **{
+            f.name: getattr(ns, f"{prefix}{f.name}")
+            for f in dataclasses.fields(cls)
+            if hasattr(ns, f"{prefix}{f.name}")
+        }
+    )
 
 
 def run_from_namespace(ns, cls: type):
@@ -56,5 +71,7 @@ def run_from_namespace(ns, cls: type):
     d = ns.as_dict()
     for k in ("preset", "config", "resume", "command", "checkpoint", "__path__"):
         d.pop(k, None)
-    return from_dict(cls, {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v)
-                           for k, v in d.items()})
+    return from_dict(
+        cls,
+        {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v) for k, v in d.items()},
+    )

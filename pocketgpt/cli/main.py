@@ -7,7 +7,7 @@ naming the key. Bad input prints one line `pocketgpt: error: ...` and exits 2, n
 
 from __future__ import annotations
 
-import os
+import re
 import sys
 import warnings
 from typing import Optional
@@ -16,8 +16,18 @@ import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from pocketgpt.cli.fields import add_dataclass_flags
-from pocketgpt.config import (CorpusConfig, FinetuneRun, SampleConfig, ServeConfig, TokenizerConfig, TrainRun,
-                              get_preset, preset_names)
+from pocketgpt.config import (
+    CorpusConfig,
+    FinetuneRun,
+    RuntimeConfig,
+    SampleConfig,
+    ServeConfig,
+    TokenizerConfig,
+    TrainRun,
+    flatten,
+    get_preset,
+    preset_names,
+)
 from pocketgpt.errors import UserError
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -25,17 +35,7 @@ jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 DESCRIPTION = "pocketgpt: train, fine-tune and run GPT models on a laptop CPU or a GPU."
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _scan(argv: list[str], flag: str) -> Optional[str]:
+def _scan(argv: list[str], flag: str) -> str | None:
     """The value of `flag` in argv (either `--flag V` or `--flag=V`), read before the full parse."""
     for i, a in enumerate(argv):
         if a == flag and i + 1 < len(argv):
@@ -50,15 +50,12 @@ def _run_defaults(p: ArgumentParser, argv: list[str], presets: bool) -> None:
     base: dict = {}
     preset = _scan(argv, "--preset") if presets else None
     if preset:
-        base.update(_flatten(get_preset(preset)))
+        base.update(flatten(get_preset(preset)))
     out = _scan(argv, "--out")
-    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.yaml")):
-        import yaml
-        with open(os.path.join(out, "config.yaml")) as f:
-            saved = _flatten(yaml.safe_load(f) or {})
-        for key in ("model.vocab_size", "checkpoint"):     # set from the tokenizer / given on the command line
-            saved.pop(key, None)
-        base.update(saved)
+    if "--resume" in argv and out:
+        from pocketgpt.train.run import saved_config  # the same config a resumed run gets from Python
+
+        base.update(saved_config(out) or {})
     if base:
         p.set_defaults({k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
 
@@ -66,13 +63,23 @@ def _run_defaults(p: ArgumentParser, argv: list[str], presets: bool) -> None:
 def run_parser(command: str, argv: list[str]) -> ArgumentParser:
     """The parser of a command that runs the training loop: `train` (TrainRun) or `finetune` (FinetuneRun)."""
     train = command == "train"
-    p = ArgumentParser(prog=f"pocketgpt {command}", exit_on_error=False, description=(
-        "Pre-train a GPT on raw text (the built-in corpus when --data is omitted)." if train else
-        "Adapt a checkpoint to a task: continued LM, chat (loss on answers only) or classification, fully or "
-        "with LoRA."))
+    p = ArgumentParser(
+        prog=f"pocketgpt {command}",
+        exit_on_error=False,
+        description=(
+            "Pre-train a GPT on raw text (the built-in corpus when --data is omitted)."
+            if train
+            else "Adapt a checkpoint to a task: continued LM, chat (loss on answers only) or classification, fully or "
+            "with LoRA."
+        ),
+    )
     if train:
-        p.add_argument("--preset", type=Optional[str], default=None,
-                       help=f"start from a named preset: {', '.join(preset_names())} (then --config, then flags)")
+        p.add_argument(
+            "--preset",
+            type=Optional[str],
+            default=None,
+            help=f"start from a named preset: {', '.join(preset_names())} (then --config, then flags)",
+        )
     else:
         p.add_argument("checkpoint", help="the checkpoint (or run folder) to start from")
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
@@ -88,18 +95,23 @@ def build_parser(argv: list[str]) -> ArgumentParser:
 
     sub.add_subcommand("train", run_parser("train", argv), help="pre-train a GPT on raw text")
 
-    sub.add_subcommand("finetune", run_parser("finetune", argv),
-                       help="fine-tune a checkpoint: --task lm | chat | classify, optionally with LoRA")
+    sub.add_subcommand(
+        "finetune",
+        run_parser("finetune", argv),
+        help="fine-tune a checkpoint: --task lm | chat | classify, optionally with LoRA",
+    )
 
     cl = ArgumentParser(exit_on_error=False, description="Label texts with a fine-tuned classifier.")
     cl.add_argument("checkpoint", help="a checkpoint fine-tuned with --task classify")
     cl.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
-    cl.add_argument("--data", type=Optional[str], default=None,
-                    help="a CSV/TSV/JSONL file to classify (its text column)")
-    cl.add_argument("--text-column", "--text_column", dest="text_column", type=str, default="text",
-                    help="the text column of --data")
+    cl.add_argument(
+        "--data", type=Optional[str], default=None, help="a CSV/TSV/JSONL file to classify (its text column)"
+    )
+    cl.add_argument(
+        "--text-column", "--text_column", dest="text_column", type=str, default="text", help="the text column of --data"
+    )
     cl.add_argument("--json", action="store_true", help="print one JSON object per text")
-    cl.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    add_dataclass_flags(cl, RuntimeConfig, skip={"dtype"})  # classifies in float32
     sub.add_subcommand("classify", cl, help="classify texts with a fine-tuned checkpoint")
 
     mg = ArgumentParser(exit_on_error=False, description="Fold a LoRA adapter into its base weights.")
@@ -109,6 +121,7 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     sub.add_subcommand("merge", mg, help="merge a LoRA adapter into a plain checkpoint")
 
     from pocketgpt.cli.chat import add_chat_arguments
+
     ch = ArgumentParser(exit_on_error=False, description="Talk to a chat-tuned checkpoint in the terminal.")
     add_chat_arguments(ch)
     sub.add_subcommand("chat", ch, help="a terminal chat with a checkpoint fine-tuned for chat")
@@ -117,7 +130,9 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     sub.add_subcommand("tokenizer", tok, help="train a tokenizer, encode or decode text")
     tsub = tok.add_subcommands(dest="action", required=True)
     tt = ArgumentParser(exit_on_error=False, description="Train a tokenizer on a corpus and save it.")
-    tt.add_argument("--data", type=Optional[str], default=None, help="corpus (file, folder, glob, .jsonl); default: built-in")
+    tt.add_argument(
+        "--data", type=Optional[str], default=None, help="corpus (file, folder, glob, .jsonl); default: built-in"
+    )
     tt.add_argument("--out", type=str, required=True, help="folder to write pocketgpt_tokenizer.json into")
     add_dataclass_flags(tt, TokenizerConfig, skip={"path"})
     add_dataclass_flags(tt, CorpusConfig, skip={"val_fraction"})
@@ -129,11 +144,15 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     tsub.add_subcommand("encode", te, help="text -> token ids")
     td = ArgumentParser(exit_on_error=False, description="Print the text of token ids.")
     td.add_argument("tokenizer", help="tokenizer folder/file, checkpoint, or GPT-2 vocabulary folder")
-    td.add_argument("--ids", type=Optional[str], default=None, help="ids separated by spaces or commas (default: stdin)")
+    td.add_argument(
+        "--ids", type=Optional[str], default=None, help="ids separated by spaces or commas (default: stdin)"
+    )
     tsub.add_subcommand("decode", td, help="token ids -> text")
 
     pr = ArgumentParser(exit_on_error=False, description="Tokenize a corpus into memory-mapped shards + meta.json.")
-    pr.add_argument("--data", type=Optional[str], default=None, help="corpus (file, folder, glob, .jsonl); default: built-in")
+    pr.add_argument(
+        "--data", type=Optional[str], default=None, help="corpus (file, folder, glob, .jsonl); default: built-in"
+    )
     pr.add_argument("--tokenizer", type=str, required=True, help="tokenizer folder/file or checkpoint")
     pr.add_argument("--out", type=str, required=True, help="cache folder; the shards go in OUT/data-<hash>/")
     add_dataclass_flags(pr, CorpusConfig)
@@ -143,35 +162,58 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     ge.add_argument("checkpoint", help="checkpoint or run folder")
     ge.add_argument("--prompt", type=str, default="", help="text to continue (default: start from <|endoftext|>)")
     add_dataclass_flags(ge, SampleConfig, dashes=True, skip={"stop", "num_beams", "logprobs", "top_logprobs"})
-    ge.add_argument("--beams", "--num-beams", "--num_beams", dest="num_beams", type=int, default=1,
-                    help="beam search width; 1 is off (deterministic: do not combine with --temperature > 0)")
+    ge.add_argument(
+        "--beams",
+        "--num-beams",
+        "--num_beams",
+        dest="num_beams",
+        type=int,
+        default=1,
+        help="beam search width; 1 is off (deterministic: do not combine with --temperature > 0)",
+    )
     ge.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); never printed")
     ge.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    ge.add_argument("--dtype", type=str, default="auto",
-                    help="inference precision: auto (bf16 where native), float32 or bfloat16")
-    ge.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    add_dataclass_flags(ge, RuntimeConfig)
     sub.add_subcommand("generate", ge, help="generate text from a checkpoint")
 
-    sv = ArgumentParser(exit_on_error=False, description=(
-        "Serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous "
-        "batching. Needs the [serve] extra (fastapi, uvicorn)."))
+    sv = ArgumentParser(
+        exit_on_error=False,
+        description=(
+            "Serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, streaming) with continuous "
+            "batching. Needs the [serve] extra (fastapi, uvicorn)."
+        ),
+    )
     sv.add_argument("checkpoint", help="checkpoint or run folder")
-    add_dataclass_flags(sv, ServeConfig, dashes=True)      # --host, --port, --api-key, --max-batch, ... --device
+    add_dataclass_flags(sv, ServeConfig, dashes=True)  # --host, --port, --api-key, --max-batch, ... --device
     sub.add_subcommand("serve", sv, help="serve a checkpoint over an OpenAI-compatible HTTP API")
 
-    ev = ArgumentParser(exit_on_error=False, description="Loss, perplexity and bits per byte of a checkpoint on a text.")
+    ev = ArgumentParser(
+        exit_on_error=False, description="Loss, perplexity and bits per byte of a checkpoint on a text."
+    )
     ev.add_argument("checkpoint", help="checkpoint or run folder")
     ev.add_argument("--data", type=str, required=True, help="text to evaluate on (file, folder, glob, .jsonl)")
     ev.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16, help="windows per forward")
     ev.add_argument("--json", action="store_true", help="print only the JSON line")
-    ev.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps")
+    add_dataclass_flags(ev, RuntimeConfig, skip={"dtype"})  # evaluates in float32
     sub.add_subcommand("eval", ev, help="evaluate a checkpoint on held-out text")
 
     cv = ArgumentParser(exit_on_error=False, description="Exchange checkpoints with Hugging Face transformers (GPT-2).")
-    cv.add_argument("--from-hf", "--from_hf", dest="from_hf", type=Optional[str], default=None,
-                    help="a local transformers GPT-2 folder, or a Hub id such as gpt2 (needs network)")
-    cv.add_argument("--to-hf", "--to_hf", dest="to_hf", type=Optional[str], default=None,
-                    help="a pocketgpt checkpoint or run folder to export")
+    cv.add_argument(
+        "--from-hf",
+        "--from_hf",
+        dest="from_hf",
+        type=Optional[str],
+        default=None,
+        help="a local transformers GPT-2 folder, or a Hub id such as gpt2 (needs network)",
+    )
+    cv.add_argument(
+        "--to-hf",
+        "--to_hf",
+        dest="to_hf",
+        type=Optional[str],
+        default=None,
+        help="a pocketgpt checkpoint or run folder to export",
+    )
     cv.add_argument("out", help="folder to write (must not exist, or be empty)")
     sub.add_subcommand("convert", cv, help="convert checkpoints from / to Hugging Face GPT-2")
 
@@ -184,10 +226,11 @@ def build_parser(argv: list[str]) -> ArgumentParser:
 
 def _one_line(msg: str) -> str:
     lines = [ln.strip() for ln in str(msg).strip().splitlines() if ln.strip()]
-    return " ".join(lines[:3]) if lines else "invalid arguments"
+    text = " ".join(lines[:3]) if lines else "invalid arguments"
+    return re.sub(r'Parser key "([\w.]+)":', r"--\1:", text)  # name the flag the user typed
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     previous = warnings.formatwarning
     warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
@@ -211,6 +254,7 @@ def _main(argv: list[str]) -> int:
         print(f"pocketgpt: error: {e}", file=sys.stderr)
         return 2
     from pocketgpt.cli import commands
+
     try:
         return commands.dispatch(ns) or 0
     except UserError as e:

@@ -90,9 +90,7 @@ def _walk_folder(folder: str, exts: tuple[str, ...]) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        found.extend(
-            os.path.join(dirpath, f) for f in filenames if not _is_hidden(f) and f.lower().endswith(exts)
-        )
+        found.extend(os.path.join(dirpath, f) for f in filenames if not _is_hidden(f) and f.lower().endswith(exts))
     return found
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 
@@ -50,10 +50,22 @@ def token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16) if n_vocab <= 1 << 16 else np.dtype(np.uint32)
 
 
-def prepare_key(data: Optional[str], tokenizer: Tokenizer, *, include_source: bool, extensions: tuple[str, ...],
-                val_fraction: float, seed: int = 0) -> str:
-    parts = [f"v{PREPARE_VERSION}", corpus_fingerprint(data, include_source=include_source, extensions=extensions),
-             tokenizer.fingerprint(), f"{val_fraction!r}", str(seed)]
+def prepare_key(
+    data: str | None,
+    tokenizer: Tokenizer,
+    *,
+    include_source: bool,
+    extensions: tuple[str, ...],
+    val_fraction: float,
+    seed: int = 0,
+) -> str:
+    parts = [
+        f"v{PREPARE_VERSION}",
+        corpus_fingerprint(data, include_source=include_source, extensions=extensions),
+        tokenizer.fingerprint(),
+        f"{val_fraction!r}",
+        str(seed),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -99,7 +111,7 @@ def _write_split(docs: list[Document], tokenizer: Tokenizer, folder: Path, split
     return {"tokens": n_tokens, "bytes": n_bytes, "documents": len(docs), "shards": shards}
 
 
-def _prepared_meta(folder: Path, key: str) -> Optional[dict]:
+def _prepared_meta(folder: Path, key: str) -> dict | None:
     """meta.json of a complete prepared folder for `key`, or None (missing, unreadable or another key)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
@@ -108,12 +120,22 @@ def _prepared_meta(folder: Path, key: str) -> Optional[dict]:
     return meta if isinstance(meta, dict) and meta.get("fingerprint") == key else None
 
 
-def prepare(data: Optional[str], tokenizer: Tokenizer, cache_dir: Path | str, *, include_source: bool = False,
-            extensions: tuple[str, ...] = (".txt",), val_fraction: float = 0.05, seed: int = 0,
-            docs: Optional[tuple[list[Document], list[Document]]] = None, verbose: bool = True) -> Prepared:
+def prepare(
+    data: str | None,
+    tokenizer: Tokenizer,
+    cache_dir: Path | str,
+    *,
+    include_source: bool = False,
+    extensions: tuple[str, ...] = (".txt",),
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    docs: tuple[list[Document], list[Document]] | None = None,
+    verbose: bool = True,
+) -> Prepared:
     """Tokenize the corpus into cache_dir/data-<hash>/ unless that exists already; return it."""
-    key = prepare_key(data, tokenizer, include_source=include_source, extensions=extensions,
-                      val_fraction=val_fraction, seed=seed)
+    key = prepare_key(
+        data, tokenizer, include_source=include_source, extensions=extensions, val_fraction=val_fraction, seed=seed
+    )
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"data-{key[:16]}"
     meta = _prepared_meta(folder, key)
@@ -122,27 +144,39 @@ def prepare(data: Optional[str], tokenizer: Tokenizer, cache_dir: Path | str, *,
             print(f"data: using prepared tokens in {folder}")
         return Prepared(folder, meta)
     if docs is None:
-        docs = split_documents(iter_documents(data, include_source=include_source, extensions=extensions),
-                               val_fraction, seed=seed)
+        docs = split_documents(
+            iter_documents(data, include_source=include_source, extensions=extensions), val_fraction, seed=seed
+        )
     train_docs, val_docs = docs
-    if folder.exists():                      # a stale or broken folder of the same name (complete ones returned above)
+    if folder.exists():  # a stale or broken folder of the same name (complete ones returned above)
         shutil.rmtree(folder)
     # if_exists="keep": another process that prepared the same input meanwhile wins, and we use its copy
     # (never delete a folder another process may be reading)
     with atomic_dir(folder, if_exists="keep") as tmp:
-        splits = {"train": _write_split(train_docs, tokenizer, tmp, "train"),
-                  "val": _write_split(val_docs, tokenizer, tmp, "val")}
-        meta = {"fingerprint": key, "tokenizer": tokenizer.fingerprint(), "n_vocab": tokenizer.n_vocab,
-                "corpus": data or "<built-in>", "include_source": include_source, "val_fraction": val_fraction,
-                "dtype": token_dtype(tokenizer.n_vocab).name, "splits": splits}
+        splits = {
+            "train": _write_split(train_docs, tokenizer, tmp, "train"),
+            "val": _write_split(val_docs, tokenizer, tmp, "val"),
+        }
+        meta = {
+            "fingerprint": key,
+            "tokenizer": tokenizer.fingerprint(),
+            "n_vocab": tokenizer.n_vocab,
+            "corpus": data or "<built-in>",
+            "include_source": include_source,
+            "val_fraction": val_fraction,
+            "dtype": token_dtype(tokenizer.n_vocab).name,
+            "splits": splits,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     meta = _prepared_meta(folder, key)
     if meta is None:
         raise UserError(f"prepared data in {folder} is incomplete (another process wrote it?); delete it and retry")
     if verbose:
         t, v = splits["train"], splits["val"]
-        print(f"data: {t['documents']} + {v['documents']} documents, {t['tokens']:,} train / {v['tokens']:,} val tokens "
-              f"({t['bytes'] / max(t['tokens'], 1):.2f} bytes/token) -> {folder}")
+        print(
+            f"data: {t['documents']} + {v['documents']} documents, {t['tokens']:,} train / {v['tokens']:,} val tokens "
+            f"({t['bytes'] / max(t['tokens'], 1):.2f} bytes/token) -> {folder}"
+        )
     return Prepared(folder, meta)
 
 
@@ -150,7 +184,11 @@ def check_size(prepared: Prepared, block_size: int) -> None:
     """The corpus must hold at least one training window and one validation target."""
     n_train, n_val = prepared.n_tokens("train"), prepared.n_tokens("val")
     if n_train < block_size + 1:
-        raise UserError(f"corpus too small for the context length: {n_train} training tokens, "
-                        f"need at least block_size + 1 = {block_size + 1} (lower --model.block_size or add text)")
+        raise UserError(
+            f"corpus too small for the context length: {n_train} training tokens, "
+            f"need at least block_size + 1 = {block_size + 1} (lower --model.block_size or add text)"
+        )
     if n_val < 2:
-        raise UserError(f"corpus too small: the validation split holds {n_val} tokens (add text or raise corpus.val_fraction)")
+        raise UserError(
+            f"corpus too small: the validation split holds {n_val} tokens (add text or raise corpus.val_fraction)"
+        )

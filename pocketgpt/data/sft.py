@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from pocketgpt.errors import UserError
 from pocketgpt.tokenizer.chat import render_conversation, validate_messages
 
-Example = tuple[list[int], list[int]]   # (ids, mask): mask[i] == 1 iff ids[i] is an answer token to learn
+Example = tuple[list[int], list[int]]  # (ids, mask): mask[i] == 1 iff ids[i] is an answer token to learn
 
 
 # ---- reading ----------------------------------------------------------------------------------
+
 
 def _str_field(rec: dict, key: str, where: str) -> str:
     v = rec.get(key)
@@ -50,10 +51,14 @@ def record_to_messages(rec, where: str) -> list[dict]:
                 user += "\n\n" + extra
         return [{"role": "user", "content": user}, {"role": "assistant", "content": _str_field(rec, "output", where)}]
     if "prompt" in rec and "completion" in rec:
-        return [{"role": "user", "content": _str_field(rec, "prompt", where)},
-                {"role": "assistant", "content": _str_field(rec, "completion", where)}]
-    raise UserError(f"{where}: unrecognised record with keys {sorted(rec)[:6]}; expected \"messages\", "
-                    "\"instruction\"+\"output\" or \"prompt\"+\"completion\"")
+        return [
+            {"role": "user", "content": _str_field(rec, "prompt", where)},
+            {"role": "assistant", "content": _str_field(rec, "completion", where)},
+        ]
+    raise UserError(
+        f'{where}: unrecognised record with keys {sorted(rec)[:6]}; expected "messages", '
+        '"instruction"+"output" or "prompt"+"completion"'
+    )
 
 
 def load_chat_records(path) -> list[list[dict]]:
@@ -82,6 +87,7 @@ def load_chat_records(path) -> list[list[dict]]:
 
 # ---- encoding ---------------------------------------------------------------------------------
 
+
 def encode_chats(convs, tokenizer, block_size: int, overlong: str = "crop") -> tuple[list[Example], dict]:
     """Render each conversation and fit it to block_size + 1 tokens (inputs + the last target).
 
@@ -103,7 +109,7 @@ def encode_chats(convs, tokenizer, block_size: int, overlong: str = "crop") -> t
                 stats["dropped"] += 1
                 continue
             ids, mask = ids[:limit], mask[:limit]
-        answer = sum(mask[1:])                      # mask[0] (the leading EOT) is never a target
+        answer = sum(mask[1:])  # mask[0] (the leading EOT) is never a target
         if answer == 0:
             stats["dropped"] += 1
             continue
@@ -112,9 +118,11 @@ def encode_chats(convs, tokenizer, block_size: int, overlong: str = "crop") -> t
         examples.append((ids, mask))
     stats["examples"] = len(examples)
     if not examples:
-        raise UserError(f"no example is left to train on: {stats['dropped']} of {len(convs)} conversations were "
-                        f"dropped (overlong={overlong!r}, block_size={block_size}); "
-                        "use overlong='crop' or a longer context")
+        raise UserError(
+            f"no example is left to train on: {stats['dropped']} of {len(convs)} conversations were "
+            f"dropped (overlong={overlong!r}, block_size={block_size}); "
+            "use overlong='crop' or a longer context"
+        )
     return examples, stats
 
 
@@ -127,7 +135,7 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
         a, m = np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool)
         n = len(a) - 1
         x[b, :n] = a[:-1]
-        y[b, :n] = np.where(m[1:], a[1:], -1)        # target i is ids[i + 1], learned only where mask[i + 1]
+        y[b, :n] = np.where(m[1:], a[1:], -1)  # target i is ids[i + 1], learned only where mask[i + 1]
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -139,16 +147,26 @@ class SFTBatches:
     come after every real token, which causal attention never lets them influence.
     """
 
-    def __init__(self, examples: list[Example], batch_size: int, block_size: int, seed: int = 0, rank: int = 0,
-                 device: torch.device | str = "cpu", pad_id: int | None = None):
+    def __init__(
+        self,
+        examples: list[Example],
+        batch_size: int,
+        block_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        device: torch.device | str = "cpu",
+        pad_id: int | None = None,
+    ):
         if not examples:
             raise UserError("SFTBatches needs at least one example, got none")
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         for k, (ids, mask) in enumerate(examples):
             if len(ids) != len(mask) or not 2 <= len(ids) <= block_size + 1:
-                raise UserError(f"example {k} has {len(ids)} ids and {len(mask)} mask entries; both must be "
-                                f"equal and in 2..block_size + 1 = {block_size + 1} (fit them with encode_chats)")
+                raise UserError(
+                    f"example {k} has {len(ids)} ids and {len(mask)} mask entries; both must be "
+                    f"equal and in 2..block_size + 1 = {block_size + 1} (fit them with encode_chats)"
+                )
         self.examples = examples
         self.batch_size, self.block_size, self.seed, self.rank = batch_size, block_size, seed, rank
         self.pad_id = int(examples[0][0][0]) if pad_id is None else int(pad_id)
@@ -165,14 +183,26 @@ class SFTBatches:
         return x.to(self.device), y.to(self.device)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "rank": self.rank, "block_size": self.block_size, "batch_size": self.batch_size,
-                "examples": len(self.examples)}
+        return {
+            "seed": self.seed,
+            "rank": self.rank,
+            "block_size": self.block_size,
+            "batch_size": self.batch_size,
+            "examples": len(self.examples),
+        }
 
 
 # ---- evaluation -------------------------------------------------------------------------------
 
-def answer_loss(model, examples: list[Example], *, batch_size: int = 16, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> dict:
+
+def answer_loss(
+    model,
+    examples: list[Example],
+    *,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """Mean cross-entropy (nats) over the answer tokens of `examples`, each token weighted equally."""
     if not examples:
         raise UserError("answer_loss needs at least one example, got none")
@@ -184,12 +214,13 @@ def answer_loss(model, examples: list[Example], *, batch_size: int = 16, device:
     try:
         with torch.no_grad():
             for i in range(0, len(examples), batch_size):
-                x, y = collate(examples[i:i + batch_size], pad_id)
+                x, y = collate(examples[i : i + batch_size], pad_id)
                 x, y = x.to(device), y.to(device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    logits, _ = model(x)                                               # (B, T, V)
-                nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                                      reduction="none", ignore_index=-1)                # (B*T,), 0 where ignored
+                    logits, _ = model(x)  # (B, T, V)
+                nll = F.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none", ignore_index=-1
+                )  # (B*T,), 0 where ignored
                 total += float(nll.sum())
                 count += int((y != -1).sum())
     finally:

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from pocketgpt.device import autocast
 from pocketgpt.errors import UserError
 
-
 # --- labelled files ---------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -31,8 +30,10 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 def label_set(labels) -> list[str]:
     """The distinct labels, sorted numeric-aware: numbers by value first ("2" < "10"), then the rest as text."""
+
     def key(s: str):
         return (0, float(s), s) if _NUMBER.fullmatch(s.strip()) else (1, 0.0, s)
+
     return sorted({str(x) for x in labels}, key=key)
 
 
@@ -46,7 +47,7 @@ def _read_table(path: Path, delimiter: str, text_column: str, label_column: str)
         return []
     header = [c.strip() for c in rows[0][1]]
     if delimiter == "\t" and len(header) == 2 and text_column not in header and label_column not in header:
-        ti, li = 0, 1                                          # "sentence<TAB>label" with no header (SST-2)
+        ti, li = 0, 1  # "sentence<TAB>label" with no header (SST-2)
     else:
         for col in (text_column, label_column):
             if col not in header:
@@ -146,8 +147,10 @@ def read_column(path, text_column: str = "text") -> list[str]:
 
 # --- tokens and batches -----------------------------------------------------------------------
 
-def encode_texts(texts: list[str], tokenizer, block_size: int, overlong: Literal["crop", "drop"] = "crop"
-                 ) -> tuple[list[list[int]], list[int], dict]:
+
+def encode_texts(
+    texts: list[str], tokenizer, block_size: int, overlong: Literal["crop", "drop"] = "crop"
+) -> tuple[list[list[int]], list[int], dict]:
     """[eot] + encode(text) per text, so the first word has the context it had in pre-training.
 
     Longer than block_size: cropped keeping the start ("crop") or left out ("drop"). Returns the id lists,
@@ -167,17 +170,23 @@ def encode_texts(texts: list[str], tokenizer, block_size: int, overlong: Literal
     if texts and not encoded:
         raise UserError(f"all {len(texts)} texts are longer than block_size={block_size}; use overlong=crop")
     lens = [len(e) for e in encoded]
-    stats = {"texts": len(texts), "kept": len(encoded), "cropped": cropped, "dropped": dropped,
-             "max_len": max(lens, default=0), "mean_len": float(np.mean(lens)) if lens else 0.0}
+    stats = {
+        "texts": len(texts),
+        "kept": len(encoded),
+        "cropped": cropped,
+        "dropped": dropped,
+        "max_len": max(lens, default=0),
+        "mean_len": float(np.mean(lens)) if lens else 0.0,
+    }
     return encoded, kept, stats
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest: x (B, T) int64, lengths (B,) int64."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)       # (B,)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)  # (B,)
     x = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.int64)  # (B, T)
     for i, s in enumerate(seqs):
-        x[i, :len(s)] = torch.tensor(s, dtype=torch.int64)
+        x[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
     return x, lengths
 
 
@@ -185,8 +194,17 @@ class ClassifyBatches:
     """Batch `step` (micro-batch `micro`) is a pure function of (seed, rank, step, micro): batch_size examples
     drawn without replacement (with, if there are fewer examples), right-padded to the longest of them."""
 
-    def __init__(self, encoded: list[list[int]], label_ids: list[int], batch_size: int, block_size: int,
-                 pad_id: int, seed: int = 0, rank: int = 0, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        encoded: list[list[int]],
+        label_ids: list[int],
+        batch_size: int,
+        block_size: int,
+        pad_id: int,
+        seed: int = 0,
+        rank: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         if not encoded or len(encoded) != len(label_ids):
             raise ValueError(f"need as many labels as texts (>= 1), got {len(encoded)} texts, {len(label_ids)} labels")
         too_long = [len(e) for e in encoded if not 1 <= len(e) <= block_size]
@@ -203,36 +221,49 @@ class ClassifyBatches:
         rng = np.random.default_rng([self.seed, self.rank, step, micro])
         n = len(self.encoded)
         rows = rng.choice(n, size=self.batch_size, replace=self.batch_size > n)
-        x, lengths = _pad([self.encoded[i] for i in rows], self.pad_id)      # (B, T), (B,)
+        x, lengths = _pad([self.encoded[i] for i in rows], self.pad_id)  # (B, T), (B,)
         y = torch.tensor([self.label_ids[i] for i in rows], dtype=torch.int64)  # (B,)
         if self.device.type == "cuda":
             return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in (x, y, lengths))
         return x.to(self.device), y.to(self.device), lengths.to(self.device)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "rank": self.rank, "batch_size": self.batch_size, "block_size": self.block_size,
-                "examples": len(self.encoded)}
+        return {
+            "seed": self.seed,
+            "rank": self.rank,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "examples": len(self.encoded),
+        }
 
 
-def _logits(model: nn.Module, encoded: list[list[int]], batch_size: int, device: torch.device,
-            dtype: torch.dtype) -> torch.Tensor:
+def _logits(
+    model: nn.Module, encoded: list[list[int]], batch_size: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Logits (N, n_classes) float32 on the CPU, in the order of `encoded`; batches of similar lengths."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = [None] * len(encoded)
     for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        x, lengths = _pad([encoded[i] for i in chunk], pad_id=0)              # padding is never read
+        chunk = order[s : s + batch_size]
+        x, lengths = _pad([encoded[i] for i in chunk], pad_id=0)  # padding is never read
         with autocast(device, dtype):
-            logits, _ = model(x.to(device), None, lengths.to(device))          # (b, n_classes)
+            logits, _ = model(x.to(device), None, lengths.to(device))  # (b, n_classes)
         for i, row in zip(chunk, logits.float().cpu()):
             out[i] = row
-    return torch.stack(out)                                                    # (N, n_classes)
+    return torch.stack(out)  # (N, n_classes)
 
 
 @torch.no_grad()
-def classify_metrics(model: nn.Module, encoded: list[list[int]], label_ids: list[int], n_classes: int, *,
-                     batch_size: int = 32, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> dict:
+def classify_metrics(
+    model: nn.Module,
+    encoded: list[list[int]],
+    label_ids: list[int],
+    n_classes: int,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """{"val_accuracy", "val_macro_f1", "val_loss"} over the examples; the model's train/eval mode is restored.
 
     Macro-F1 is the unweighted mean of per-class F1 over the classes that occur in the targets or the
@@ -243,24 +274,34 @@ def classify_metrics(model: nn.Module, encoded: list[list[int]], label_ids: list
     was_training = model.training
     model.eval()
     try:
-        logits = _logits(model, encoded, batch_size, device, dtype)            # (N, K)
+        logits = _logits(model, encoded, batch_size, device, dtype)  # (N, K)
     finally:
         model.train(was_training)
-    y = torch.tensor(label_ids, dtype=torch.int64)                             # (N,)
-    pred = logits.argmax(dim=-1)                                               # (N,)
+    y = torch.tensor(label_ids, dtype=torch.int64)  # (N,)
+    pred = logits.argmax(dim=-1)  # (N,)
     f1s = []
     for c in range(n_classes):
         tp = int(((pred == c) & (y == c)).sum())
         fp, fn = int(((pred == c) & (y != c)).sum()), int(((pred != c) & (y == c)).sum())
         if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))                            # = 2PR / (P + R)
-    return {"val_accuracy": float((pred == y).float().mean()), "val_macro_f1": float(np.mean(f1s)),
-            "val_loss": float(F.cross_entropy(logits, y))}
+            f1s.append(2 * tp / (2 * tp + fp + fn))  # = 2PR / (P + R)
+    return {
+        "val_accuracy": float((pred == y).float().mean()),
+        "val_macro_f1": float(np.mean(f1s)),
+        "val_loss": float(F.cross_entropy(logits, y)),
+    }
 
 
 @torch.no_grad()
-def predict(model: nn.Module, tokenizer, texts: list[str], labels: list[str], *, batch_size: int = 32,
-            device: torch.device | str = "cpu") -> list[dict]:
+def predict(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    labels: list[str],
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> list[dict]:
     """[{"label": most likely label, "probs": {label: probability}}] per text; overlong texts are cropped."""
     n_out = model.score.out_features
     if len(labels) != n_out:
@@ -274,5 +315,4 @@ def predict(model: nn.Module, tokenizer, texts: list[str], labels: list[str], *,
         probs = _logits(model, encoded, batch_size, torch.device(device), torch.float32).softmax(-1)  # (N, K)
     finally:
         model.train(was_training)
-    return [{"label": labels[int(p.argmax())], "probs": {lab: float(v) for lab, v in zip(labels, p)}}
-            for p in probs]
+    return [{"label": labels[int(p.argmax())], "probs": {lab: float(v) for lab, v in zip(labels, p)}} for p in probs]

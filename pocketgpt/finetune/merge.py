@@ -15,8 +15,15 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from pocketgpt.checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, load_checkpoint, read_adapter_config,
-                                  resolve, save_checkpoint)
+from pocketgpt.checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    load_adapter,
+    load_checkpoint,
+    read_adapter_config,
+    resolve,
+    save_checkpoint,
+)
 from pocketgpt.errors import UserError
 from pocketgpt.fileio import atomic_dir
 from pocketgpt.model.classifier import GPTClassifier
@@ -25,8 +32,17 @@ from pocketgpt.tokenizer import Tokenizer
 from pocketgpt.tokenizer.bpe import FILENAME as TOKENIZER_FILE
 
 # adapter_config.json keys that describe the adapter, not the merged model
-NOT_COPIED = ("format", "version", "step", "model", "lora", "targets", "adapter", "base_checkpoint",
-              "trainable_parameters")
+NOT_COPIED = (
+    "format",
+    "version",
+    "step",
+    "model",
+    "lora",
+    "targets",
+    "adapter",
+    "base_checkpoint",
+    "trainable_parameters",
+)
 
 
 def _adapter_folder(path: Path) -> Path:
@@ -59,14 +75,16 @@ def merge_checkpoint(checkpoint_dir: Path | str, adapter_dir: Path | str, out: P
     tokenizer = Tokenizer.load(adapter_dir) if (adapter_dir / TOKENIZER_FILE).exists() else ckpt.tokenizer
     rows = shapes.get("transformer.wte.weight", [0])[0]
     if rows > model.config.vocab_size and hasattr(model, "resize_vocab"):
-        model.resize_vocab(rows)                               # chat tokens added while fine-tuning
+        model.resize_vocab(rows)  # chat tokens added while fine-tuning
     extra = {k: v for k, v in config.items() if k not in NOT_COPIED}
     if "score.weight" in shapes and not isinstance(model, GPTClassifier):
         model = GPTClassifier.from_gpt(model, int(shapes["score.weight"][0]))
     if isinstance(model, GPTClassifier):
         labels = extra.get("labels") or [str(i) for i in range(model.n_classes)]
         if len(labels) != model.n_classes:
-            raise UserError(f"adapter names {len(labels)} labels for a head of {model.n_classes} classes: {adapter_dir}")
+            raise UserError(
+                f"adapter names {len(labels)} labels for a head of {model.n_classes} classes: {adapter_dir}"
+            )
         extra.update(task="classify", labels=labels)
     lora_cfg = load_adapter(model, adapter_dir)
     merge_lora(model)

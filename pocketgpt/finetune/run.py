@@ -13,24 +13,24 @@ hold only those: they load their base checkpoint by path.
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 
-from pocketgpt.checkpoint import (load_checkpoint, load_train_state, prepare_run_dir, resolve, save_adapter,
-                                  save_checkpoint)
+from pocketgpt.checkpoint import (
+    load_checkpoint,
+    resolve,
+    save_adapter,
+    save_checkpoint,
+)
 from pocketgpt.config import FinetuneRun, to_dict
-from pocketgpt.device import setup_device
 from pocketgpt.errors import UserError
-from pocketgpt.fileio import atomic_write
 from pocketgpt.model.classifier import GPTClassifier
 from pocketgpt.model.lora import apply_lora
-from pocketgpt.plot import plot_run
 from pocketgpt.train.loop import LoopResult, train_loop
+from pocketgpt.train.run import finish_run, inherit_saved_config, open_run, resume_state, write_config
 
 
 @dataclasses.dataclass
@@ -39,8 +39,8 @@ class Task:
     tokenizer: object
     batches: object
     evaluate: Callable[[], dict]
-    meta: dict                              # what the checkpoint must remember (labels, chat template)
-    extra_trainable: list[str]              # parameter names that train even under LoRA
+    meta: dict  # what the checkpoint must remember (labels, chat template)
+    extra_trainable: list[str]  # parameter names that train even under LoRA
 
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,61 +56,87 @@ def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path) 
     from pocketgpt.data.loader import TokenBatches
     from pocketgpt.data.prepare import check_size, prepare
     from pocketgpt.evaluate import evaluate_tokens
-    data = prepare(run.data, tokenizer, cache_dir, val_fraction=run.val_fraction,
-                   extensions=(".txt", ".md", ".rst", ".py", ".jsonl", ".json", ".html", ".tex", ".csv", ".tsv"))
+
+    data = prepare(
+        run.data,
+        tokenizer,
+        cache_dir,
+        val_fraction=run.val_fraction,
+        extensions=(".txt", ".md", ".rst", ".py", ".jsonl", ".json", ".html", ".tex", ".csv", ".tsv"),
+    )
     check_size(data, model.config.block_size)
-    batches = TokenBatches(data.shards("train"), model.config.block_size, run.train.batch_size,
-                           seed=run.train.seed, device=device)
+    batches = TokenBatches(
+        data.shards("train"), model.config.block_size, run.train.batch_size, seed=run.train.seed, device=device
+    )
     val, token_bytes = data.tokens("val"), tokenizer.token_byte_lengths()
 
     def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
-        r = evaluate_tokens(model, val, token_bytes, batch_size=run.train.batch_size, max_tokens=max_tokens,
-                            device=device, dtype=dtype)
+        r = evaluate_tokens(
+            model, val, token_bytes, batch_size=run.train.batch_size, max_tokens=max_tokens, device=device, dtype=dtype
+        )
         return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
+
     return Task(model, tokenizer, batches, evaluate, {}, [])
 
 
 def chat_task(run: FinetuneRun, model, tokenizer, device, dtype) -> Task:
     from pocketgpt.data import sft
     from pocketgpt.tokenizer import chat
+
     tokenizer = tokenizer.with_chat_specials()
     extra = []
-    if tokenizer.n_vocab > model.config.vocab_size:                 # e.g. GPT-2's vocabulary: add the role tokens
+    if tokenizer.n_vocab > model.config.vocab_size:  # e.g. GPT-2's vocabulary: add the role tokens
         print(f"chat: adding {tokenizer.n_vocab - model.config.vocab_size} chat tokens to the vocabulary")
         model.resize_vocab(tokenizer.n_vocab)
         extra = ["transformer.wte.weight"] + ([] if model.config.tie_embeddings else ["lm_head.weight"])
     convs = sft.load_chat_records(run.data)
     examples, stats = sft.encode_chats(convs, tokenizer, model.config.block_size, run.overlong)
-    print(f"chat: {stats['examples']} conversations, {stats['answer_tokens']:,} answer tokens; "
-          f"{stats['cropped']} cropped and {stats['dropped']} dropped for the context of {model.config.block_size}")
+    print(
+        f"chat: {stats['examples']} conversations, {stats['answer_tokens']:,} answer tokens; "
+        f"{stats['cropped']} cropped and {stats['dropped']} dropped for the context of {model.config.block_size}"
+    )
     tr, va = _split(len(examples), run.val_fraction, run.train.seed)
-    batches = sft.SFTBatches([examples[i] for i in tr], run.train.batch_size, model.config.block_size,
-                             seed=run.train.seed, device=device)
+    batches = sft.SFTBatches(
+        [examples[i] for i in tr], run.train.batch_size, model.config.block_size, seed=run.train.seed, device=device
+    )
     val = [examples[i] for i in va]
 
     def evaluate() -> dict:
         r = sft.answer_loss(model, val, batch_size=run.train.batch_size, device=device, dtype=dtype)
         return {k: float(v) for k, v in r.items() if k == "val_answer_loss"}
+
     return Task(model, tokenizer, batches, evaluate, {"chat_template": chat.TEMPLATE}, extra)
 
 
 def classify_task(run: FinetuneRun, model, tokenizer, device, dtype) -> Task:
     from pocketgpt.finetune import classify as C
+
     texts, labels = C.read_labelled(run.data, run.text_column, run.label_column)
     names = C.label_set(labels)
     encoded, kept, stats = C.encode_texts(texts, tokenizer, model.config.block_size, run.overlong)
     label_ids = [names.index(labels[i]) for i in kept]
-    print(f"classify: {len(encoded)} examples, labels {names}; {stats.get('cropped', 0)} cropped, "
-          f"{stats.get('dropped', 0)} dropped")
+    print(
+        f"classify: {len(encoded)} examples, labels {names}; {stats.get('cropped', 0)} cropped, "
+        f"{stats.get('dropped', 0)} dropped"
+    )
     tr, va = _split(len(encoded), run.val_fraction, run.train.seed)
     clf = GPTClassifier.from_gpt(model, len(names))
-    batches = C.ClassifyBatches([encoded[i] for i in tr], [label_ids[i] for i in tr], run.train.batch_size,
-                                model.config.block_size, tokenizer.eot_id, seed=run.train.seed, device=device)
+    batches = C.ClassifyBatches(
+        [encoded[i] for i in tr],
+        [label_ids[i] for i in tr],
+        run.train.batch_size,
+        model.config.block_size,
+        tokenizer.eot_id,
+        seed=run.train.seed,
+        device=device,
+    )
     val_x, val_y = [encoded[i] for i in va], [label_ids[i] for i in va]
 
     def evaluate() -> dict:
-        return C.classify_metrics(clf, val_x, val_y, len(names), batch_size=run.train.batch_size, device=device,
-                                  dtype=dtype)
+        return C.classify_metrics(
+            clf, val_x, val_y, len(names), batch_size=run.train.batch_size, device=device, dtype=dtype
+        )
+
     return Task(clf, tokenizer, batches, evaluate, {"labels": names}, ["score.weight"])
 
 
@@ -119,10 +145,11 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
         raise UserError("finetune needs --data FILE")
     if not Path(run.data).exists() and not any(ch in run.data for ch in "*?["):
         raise UserError(f"data not found: {run.data}")
-    out = Path(run.out)
     base_path = resolve(checkpoint).resolve()
-    resume_from = prepare_run_dir(out, resume)
-    device, dtype = setup_device(run.train, verbose)
+    if resume:
+        run = inherit_saved_config(run, run.out)  # flags not given come from the run's config.yaml
+    start = open_run(run.out, resume, run.train, verbose)
+    out, resume_from, device, dtype = start.out, start.resume_from, start.device, start.dtype
     base = load_checkpoint(base_path)
     if base.meta.get("task") == "classify" or base.meta.get("adapter"):
         raise UserError(f"fine-tune from a plain language-model checkpoint (or merge the adapter first): {base_path}")
@@ -146,18 +173,17 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
     model.to(device)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if verbose:
-        print(f"finetune: task {run.task} · {'LoRA rank %d' % run.lora.rank if lora else 'full'} · "
-              f"{n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters train")
+        print(
+            f"finetune: task {run.task} · {f'LoRA rank {run.lora.rank}' if lora else 'full'} · "
+            f"{n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters train"
+        )
 
-    resume_state = None
+    state = None
     if resume_from is not None:
         saved = load_checkpoint(resume_from).model
         model.load_state_dict(saved.state_dict(), strict=True)
-        resume_state = load_train_state(resume_from)
-        if resume_state is None:
-            raise UserError(f"cannot resume: {resume_from} holds weights but no training state (train_state.pt)")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.yaml", yaml.safe_dump({"checkpoint": str(base_path), **to_dict(run)}, sort_keys=False))
+        state = resume_state(resume_from)
+    write_config(out, {"checkpoint": str(base_path), **to_dict(run)})
 
     def save(name: str, step: int, state: dict) -> None:
         extra = {**meta, "trainable_parameters": n_train}
@@ -166,15 +192,22 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
             extra_tensors = {n: p.detach() for n, p in model.named_parameters() if n in task.extra_trainable}
             extra.update(adapter=True, lora=dataclasses.asdict(run.lora))
             writer = lambda d: save_adapter(d, model, run.lora, extra_tensors=extra_tensors, meta=meta)  # noqa: E731
-        save_checkpoint(out, name, model, task.tokenizer, step=step, train_state=state, extra=extra,
-                        write_weights=writer)
+        save_checkpoint(
+            out, name, model, task.tokenizer, step=step, train_state=state, extra=extra, write_weights=writer
+        )
 
-    result = train_loop(model, task.batches, run.train, out, save=save, evaluate=task.evaluate,
-                        resume_state=resume_state, device=device, dtype=dtype)
-    if not result.interrupted:
-        atomic_write(out / "final.json", json.dumps({"step": result.step, **result.last_eval,
-                                                     "trainable_parameters": n_train}, indent=2))
-    plot_run(out)
-    if verbose and result.interrupted:
-        print(f"stopped at step {result.step}; checkpoint saved. Continue with --resume")
+    result = train_loop(
+        model,
+        task.batches,
+        run.train,
+        out,
+        save=save,
+        evaluate=task.evaluate,
+        resume_state=state,
+        device=device,
+        dtype=dtype,
+    )
+    final = {**result.last_eval, "trainable_parameters": n_train}
+    hint = f"pocketgpt finetune {checkpoint} --out {out} --resume"
+    finish_run(out, result, final, resume_hint=hint, verbose=verbose)
     return result

@@ -8,8 +8,6 @@ temperature / top_k / top_p / min_p are sampled together in one vectorised pass,
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from pocketgpt.generate import sampling as S
@@ -21,7 +19,7 @@ def choose_tokens(rows: list, logits: torch.Tensor) -> list[int]:
     are filtered and sampled together in one vectorised pass (sampling.pick_rows), which draws exactly what
     row-by-row `pick` calls would."""
     x = logits
-    for a, s in enumerate(rows):                         # per-row adjustments (rare): on a copy of the logits
+    for a, s in enumerate(rows):  # per-row adjustments (rare): on a copy of the logits
         sp, V = s.sample, logits.shape[-1]
         if s.counts is None and (sp.frequency_penalty != 0 or sp.presence_penalty != 0):
             s.counts = torch.zeros(V)
@@ -32,7 +30,7 @@ def choose_tokens(rows: list, logits: torch.Tensor) -> list[int]:
             continue
         if x is logits:
             x = logits.clone()
-        r = S.add_logit_bias(x[a:a + 1], sp.logit_bias)                               # (1, V)
+        r = S.add_logit_bias(x[a : a + 1], sp.logit_bias)  # (1, V)
         if s.seen is not None:
             r = S.repetition_penalty(r, s.seen[None], sp.repetition_penalty)
         if s.counts is not None:
@@ -46,14 +44,22 @@ def choose_tokens(rows: list, logits: torch.Tensor) -> list[int]:
     for (temp, top_k, top_p, min_p), idx in groups.items():
         group = [rows[a] for a in idx]
         noise = take_noise(group, x.shape[-1]) if temp > 0 else None
-        out[idx] = S.pick_rows(x if len(idx) == len(rows) else x[idx], [s.generator for s in group],
-                               temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, noise=noise)
+        out[idx] = S.pick_rows(
+            x if len(idx) == len(rows) else x[idx],
+            [s.generator for s in group],
+            temperature=temp,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            noise=noise,
+        )
     return out.tolist()
 
-def take_noise(group: list, V: int) -> Optional[torch.Tensor]:
+
+def take_noise(group: list, V: int) -> torch.Tensor | None:
     """(len(group), V): each row's pre-drawn noise, drawn now for rows that have none (new rows); taken."""
     if all(s.noise is None for s in group):
-        return None                                     # pick_rows draws it
+        return None  # pick_rows draws it
     missing = [s for s in group if s.noise is None]
     if missing:
         for s, row in zip(missing, S.draw_noise(V, [s.generator for s in missing])):

@@ -9,7 +9,7 @@ hypotheses are finished and early_stopping is True, or at max_new_tokens.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -30,21 +30,23 @@ def beam_search(engine, prompt: list[int], sample: SampleConfig, stop_ids: Itera
     K = max(2, 1 + len(stops)) * W
     context, _ = crop_prompt(list(prompt), engine.cfg.block_size)
     if len(context) + max_new > engine.cfg.block_size:
-        raise ValueError(f"beam search needs prompt + max_new_tokens <= context ({engine.cfg.block_size}); "
-                         f"got {len(context)} + {max_new}")
+        raise ValueError(
+            f"beam search needs prompt + max_new_tokens <= context ({engine.cfg.block_size}); "
+            f"got {len(context)} + {max_new}"
+        )
     cache, logits = engine.prefill([context])
     cache, logits = cache.expand(W), logits.expand(W, -1)
     V = logits.shape[-1]
     running: list[list[int]] = [[] for _ in range(W)]
     run_scores = torch.full((W,), NEG)
-    run_scores[0] = 0.0                                                    # only beam 0 is live at the start
+    run_scores[0] = 0.0  # only beam 0 is live at the start
     fin: list[tuple[list[int], str]] = [([], "length")] * W
     fin_scores = torch.full((W,), NEG)
     fin_done = torch.zeros(W, dtype=torch.bool)
     improvable = True
     for step in range(max_new):
         # 1) the K best continuations of all beams by summed log-probability
-        acc = (logits.float().log_softmax(-1) + run_scores[:, None]).reshape(-1)   # (W*V,)
+        acc = (logits.float().log_softmax(-1) + run_scores[:, None]).reshape(-1)  # (W*V,)
         top_lp, top_idx = acc.topk(K)
         src, tok = top_idx // V, top_idx % V
         is_stop = torch.isin(tok, stop_t) if stops else torch.zeros(K, dtype=torch.bool)
@@ -67,7 +69,7 @@ def beam_search(engine, prompt: list[int], sample: SampleConfig, stop_ids: Itera
                 c = i - W
                 seq = running[int(src[c])] + ([] if bool(is_stop[c]) else [int(tok[c])])
                 new_fin.append((seq, "stop" if bool(is_stop[c]) else "length"))
-                new_done.append(bool(hits[c]) and c < W)          # as HF: only a top-W hit counts as finished
+                new_done.append(bool(hits[c]) and c < W)  # as HF: only a top-W hit counts as finished
         fin, fin_scores, fin_done = new_fin, merged[best], torch.tensor(new_done)
         # 3) the W best continuations that did not stop keep running
         run_lp = top_lp + hits.float() * NEG
@@ -75,12 +77,14 @@ def beam_search(engine, prompt: list[int], sample: SampleConfig, stop_ids: Itera
         running = [running[int(src[i])] + [int(tok[i])] for i in nxt]
         run_scores = run_lp[nxt]
         # 4) can a running beam still beat the worst finished hypothesis?
-        best_len = (max_new if early == "never" and lp > 0 else step + 1)
+        best_len = max_new if early == "never" and lp > 0 else step + 1
         worst = fin_scores.min() if bool(fin_done.all()) else torch.tensor(NEG)
-        improvable = improvable and bool(run_scores[0] / best_len ** lp > worst)
+        improvable = improvable and bool(run_scores[0] / best_len**lp > worst)
         if not (improvable and not (bool(fin_done.all()) and early is True) and not bool(hits.all())):
             break
         cache = cache.select(src[nxt])
         logits = engine.decode(cache, tok[nxt], None)
-    return [Completion(list(seq), reason, score=float(score))
-            for (seq, reason), score in list(zip(fin, fin_scores.tolist()))[:sample.num_samples]]
+    return [
+        Completion(list(seq), reason, score=float(score))
+        for (seq, reason), score in list(zip(fin, fin_scores.tolist()))[: sample.num_samples]
+    ]

@@ -4,16 +4,15 @@ and the scheduler import this, and it imports none of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass
 class Completion:
     tokens: list[int]
-    finish_reason: str = "length"                 # "stop": a stop token or should_stop; "length": max_new_tokens
-    logprobs: Optional[list[float]] = None        # log-probability of each token under the model
-    top_logprobs: Optional[list[list[tuple[int, float]]]] = None
-    score: Optional[float] = None                 # beam search: sum log-prob / length ** length_penalty
+    finish_reason: str = "length"  # "stop": a stop token or should_stop; "length": max_new_tokens
+    logprobs: list[float] | None = None  # log-probability of each token under the model
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    score: float | None = None  # beam search: sum log-prob / length ** length_penalty
 
 
 def crop_prompt(ids: list[int], block_size: int) -> tuple[list[int], bool]:

@@ -14,8 +14,8 @@ strings, HTTP or argv (stop strings are checked by the caller through `should_st
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -29,8 +29,9 @@ from pocketgpt.model import KVCache
 @dataclass
 class _Row:
     """One sequence being decoded."""
-    index: int                                     # position in the flat list of prompt x sample rows
-    context: list[int]                             # every token the model has seen (prompt + generated)
+
+    index: int  # position in the flat list of prompt x sample rows
+    context: list[int]  # every token the model has seen (prompt + generated)
     generator: torch.Generator
     out: Completion = field(default_factory=lambda: Completion([]))
 
@@ -54,6 +55,7 @@ class Engine:
         if self.device.type == "cpu" and dtype == torch.float32:
             # batch-1 float32 GEMVs on all cores (gemv.py); same weights, same results
             from pocketgpt.generate.gemv import use_split_gemv
+
             use_split_gemv(self.model)
 
     # --- the two model calls ---------------------------------------------------------------------
@@ -70,24 +72,30 @@ class Engine:
         idx = torch.zeros(B, L, dtype=torch.long)
         pad = torch.tensor([L - len(c) for c in contexts])
         for b, c in enumerate(contexts):
-            idx[b, L - len(c):] = torch.tensor(c, dtype=torch.long)
+            idx[b, L - len(c) :] = torch.tensor(c, dtype=torch.long)
         pos = None
         if int(pad.max()) > 0:
             cache.set_padding(pad)
-            pos = (torch.arange(L)[None, :] - pad[:, None]).clamp(min=0).to(self.device)   # (B, L)
-        h = self.model.hidden(idx.to(self.device), kv_cache=cache, pos=pos)                   # (B, L, C)
-        return cache, self.model.lm_head(h[:, -1]).float().cpu()     # (B, V) on the CPU, where sampling runs
+            pos = (torch.arange(L)[None, :] - pad[:, None]).clamp(min=0).to(self.device)  # (B, L)
+        h = self.model.hidden(idx.to(self.device), kv_cache=cache, pos=pos)  # (B, L, C)
+        return cache, self.model.lm_head(h[:, -1]).float().cpu()  # (B, V) on the CPU, where sampling runs
 
     @torch.inference_mode()
-    def decode(self, cache: KVCache, tokens: torch.Tensor, positions: Optional[torch.Tensor]) -> torch.Tensor:
+    def decode(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """Feed one token per row, (B,), at per-row positions (B,) or the cache's; return logits (B, V)."""
         pos = positions[:, None].to(self.device) if positions is not None else None
-        h = self.model.hidden(tokens[:, None].to(self.device), kv_cache=cache, pos=pos)       # (B, 1, C)
+        h = self.model.hidden(tokens[:, None].to(self.device), kv_cache=cache, pos=pos)  # (B, 1, C)
         return self.model.lm_head(h[:, -1]).float().cpu()
 
     # --- sampling ----------------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], sample: SampleConfig, *, stop_ids: Iterable[int] = (),
-                 should_stop: Optional[Callable[[int, list[int]], bool]] = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sample: SampleConfig,
+        *,
+        stop_ids: Iterable[int] = (),
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+    ) -> list[list[Completion]]:
         """For each prompt, `sample.num_samples` completions (the best beams with beam search).
 
         `should_stop(row, tokens)` is asked after every token (row = prompt index * num_samples + sample index);
@@ -99,8 +107,14 @@ class Engine:
         n = sample.num_samples
         return [[rows[i * n + j] for j in range(n)] for i in range(len(prompts))]
 
-    def stream(self, prompt: list[int], sample: SampleConfig, *, stop_ids: Iterable[int] = (),
-               should_stop: Optional[Callable[[int, list[int]], bool]] = None) -> Iterator[int]:
+    def stream(
+        self,
+        prompt: list[int],
+        sample: SampleConfig,
+        *,
+        stop_ids: Iterable[int] = (),
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+    ) -> Iterator[int]:
         """Yield the new tokens of one prompt as they are chosen (a stop token is not yielded)."""
         if sample.num_beams > 1 or sample.num_samples > 1:
             raise ValueError("streaming yields one sequence: use num_beams=1 and num_samples=1")
@@ -140,10 +154,10 @@ class Engine:
         cache, logits = self.prefill([rows[i * n].context for i in range(len(prompts))])
         if n > 1:
             cache, logits = cache.expand(n), logits.repeat_interleave(n, dim=0)
-        active = list(range(len(rows)))                                   # rows still decoding, in cache order
+        active = list(range(len(rows)))  # rows still decoding, in cache order
         positions = torch.tensor([len(rows[k].context) for k in active]) if cache.valid is not None else None
         while True:
-            x = logits                                                     # (A, V) float32
+            x = logits  # (A, V) float32
             x = S.add_logit_bias(x, sample.logit_bias)
             if seen is not None:
                 x = S.repetition_penalty(x, seen[active], sample.repetition_penalty)
@@ -152,8 +166,14 @@ class Engine:
             if temp == 0:
                 nxt = S.greedy(x)
             else:
-                nxt = S.pick_rows(x, [rows[k].generator for k in active], temperature=temp, top_k=sample.top_k,
-                                  top_p=sample.top_p, min_p=sample.min_p)          # each row its own generator
+                nxt = S.pick_rows(
+                    x,
+                    [rows[k].generator for k in active],
+                    temperature=temp,
+                    top_k=sample.top_k,
+                    top_p=sample.top_p,
+                    min_p=sample.min_p,
+                )  # each row its own generator
             if want_lp:
                 lp, top_ids, top_vals = S.top_logprobs(logits, nxt, sample.top_logprobs)
             finished = []
@@ -190,11 +210,12 @@ class Engine:
                 cache, nxt = cache.select(keep_t.to(cache.k.device)), nxt[keep_t]
                 if positions is not None:
                     positions = positions[keep_t]
-            if cache.pos >= cache.max_len:                                  # context full: slide the window
+            if cache.pos >= cache.max_len:  # context full: slide the window
                 window = max(1, self.cfg.block_size // 2)
                 cache, logits = self.prefill([rows[k].context[-window:] for k in active])
-                positions = torch.tensor([len(rows[k].context[-window:]) for k in active]) \
-                    if cache.valid is not None else None
+                positions = (
+                    torch.tensor([len(rows[k].context[-window:]) for k in active]) if cache.valid is not None else None
+                )
                 continue
             logits = self.decode(cache, nxt, positions)
             if positions is not None:
@@ -205,8 +226,15 @@ class Engine:
             yield from (r.out for r in rows)
 
 
-def generate_ids(model, prompt: list[int], sample: SampleConfig, *, stop_ids: Iterable[int] = (),
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Iterator[int]:
+def generate_ids(
+    model,
+    prompt: list[int],
+    sample: SampleConfig,
+    *,
+    stop_ids: Iterable[int] = (),
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[int]:
     """Yield new token ids for one prompt, one at a time; a stop token ends generation and is not yielded."""
     if not prompt:
         raise ValueError("prompt must hold at least one token")

@@ -30,8 +30,8 @@ class SplitGemvLinear(nn.Linear):
         # (S, in, 1) with strides (0, 1, in): this layout takes the fast batched kernel (36 GB/s measured);
         # the same values with strides (in, 1, 1) run 3.5x slower
         v = x.reshape(1, inp).t().unsqueeze(0).expand(S, inp, 1)
-        y = torch.bmm(self.weight[:even].view(S, even // S, inp), v).reshape(even)    # (even,)
-        if even != out:                                                                # odd rows (a 50257 vocab)
+        y = torch.bmm(self.weight[:even].view(S, even // S, inp), v).reshape(even)  # (even,)
+        if even != out:  # odd rows (a 50257 vocab)
             y = torch.cat([y, self.weight[even:] @ x.reshape(inp)])
         if self.bias is not None:
             y = y + self.bias

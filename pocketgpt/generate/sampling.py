@@ -13,7 +13,7 @@ it drew (`draw_noise`) while the model ran.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -33,7 +33,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits per row; k <= 0 or k >= V keeps all."""
     if k <= 0 or k >= logits.size(-1):
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]                 # (B, 1)
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
@@ -43,8 +43,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs                         # probability of strictly better tokens
-    drop_sorted = mass_before >= p                                     # the best token is always kept
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of strictly better tokens
+    drop_sorted = mass_before >= p  # the best token is always kept
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -65,8 +65,9 @@ def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float)
     return torch.where(seen, penalised, logits)
 
 
-def frequency_presence_penalty(logits: torch.Tensor, counts: torch.Tensor, frequency: float,
-                               presence: float) -> torch.Tensor:
+def frequency_presence_penalty(
+    logits: torch.Tensor, counts: torch.Tensor, frequency: float, presence: float
+) -> torch.Tensor:
     """OpenAI: logit -= count * frequency + (count > 0) * presence, counts (B, V) over generated tokens."""
     if frequency == 0.0 and presence == 0.0:
         return logits
@@ -82,7 +83,7 @@ def add_logit_bias(logits: torch.Tensor, bias: dict[int, float] | None) -> torch
     return logits.index_add(-1, ids, vals.expand(logits.shape[0], -1))
 
 
-def sample(logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token per row from softmax(logits), (B,): what torch.multinomial(probs, 1, generator) draws."""
     probs = logits.float().softmax(dim=-1)
     if not _fast_draws():
@@ -90,8 +91,9 @@ def sample(logits: torch.Tensor, generator: Optional[torch.Generator] = None) ->
     return _race(probs, _exponential(probs.shape, [generator]))
 
 
-def sample_rows(logits: torch.Tensor, generators: Sequence[Optional[torch.Generator]],
-                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sample_rows(
+    logits: torch.Tensor, generators: Sequence[torch.Generator | None], noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """Row b drawn with generators[b], (B,): equal to torch.cat([sample(logits[b:b + 1], g) for b, g in ...]).
     `noise`: the (B, V) `draw_noise(V, generators)` made beforehand (the generators have moved on already)."""
     if len(generators) != logits.shape[0]:
@@ -100,19 +102,27 @@ def sample_rows(logits: torch.Tensor, generators: Sequence[Optional[torch.Genera
     if noise is not None:
         return _race(probs, noise)
     if not _fast_draws():
-        return torch.cat([torch.multinomial(probs[b:b + 1], 1, generator=g).squeeze(-1)
-                          for b, g in enumerate(generators)])
+        return torch.cat(
+            [torch.multinomial(probs[b : b + 1], 1, generator=g).squeeze(-1) for b, g in enumerate(generators)]
+        )
     return _race(probs, _exponential(probs.shape, generators))
 
 
-def draw_noise(vocab: int, generators: Sequence[Optional[torch.Generator]]) -> Optional[torch.Tensor]:
+def draw_noise(vocab: int, generators: Sequence[torch.Generator | None]) -> torch.Tensor | None:
     """The (B, V) noise the next `sample_rows` over these generators would draw, drawn now (it needs no logits: a
     caller may draw it while the model runs); None where this PyTorch's draws cannot be reproduced this way."""
     return _exponential(torch.Size((len(generators), vocab)), generators) if _fast_draws() else None
 
 
-def pick(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-         min_p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def pick(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Temperature 0 is greedy; otherwise temperature, then top-k, then top-p, then min-p, then sample."""
     logits = logits.float()
     if temperature == 0:
@@ -120,9 +130,16 @@ def pick(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_
     return sample(_filtered(logits, temperature, top_k, top_p, min_p), generator)
 
 
-def pick_rows(logits: torch.Tensor, generators: Sequence[Optional[torch.Generator]], *, temperature: float = 1.0,
-              top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pick_rows(
+    logits: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`pick` with one generator per row, for rows sharing these settings, (B,): equal to
     torch.cat([pick(logits[b:b + 1], ..., generator=generators[b]) for b in range(B)]) in one vectorised pass.
     `noise`: see `sample_rows` (unused when temperature is 0)."""
@@ -137,7 +154,7 @@ def _filtered(logits: torch.Tensor, temperature: float, top_k: int, top_p: float
     return min_p_filter(top_p_filter(top_k_filter(logits, top_k), top_p), min_p)
 
 
-def _exponential(shape: torch.Size, generators: Sequence[Optional[torch.Generator]]) -> torch.Tensor:
+def _exponential(shape: torch.Size, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """Exp(1) noise (B, V) float32; one generator for the whole tensor, or one per row. PyTorch's CPU
     `exponential_` computes -log1p(-u) per element from a 53-bit uniform u of the generator's 64-bit stream and
     rounds it to float32; `uniform_` on float64 consumes the same stream, so this equals
@@ -148,17 +165,17 @@ def _exponential(shape: torch.Size, generators: Sequence[Optional[torch.Generato
     else:
         for row, g in zip(u, generators):
             row.uniform_(generator=g)
-    return u.neg_().log1p_().float().neg_()                  # rounding commutes with negation
+    return u.neg_().log1p_().float().neg_()  # rounding commutes with negation
 
 
 def _race(probs: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """argmax(p / q), q ~ Exp(1): a draw from p (torch.multinomial's own method, and its input check)."""
-    if not bool(torch.isfinite(probs.sum())):            # NaN / inf logits (softmax is never negative)
+    if not bool(torch.isfinite(probs.sum())):  # NaN / inf logits (softmax is never negative)
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
-    return probs.div_(q).argmax(dim=-1)                  # probs: softmax's fresh output
+    return probs.div_(q).argmax(dim=-1)  # probs: softmax's fresh output
 
 
-_FAST: Optional[bool] = None
+_FAST: bool | None = None
 
 
 def _fast_draws() -> bool:

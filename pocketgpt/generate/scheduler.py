@@ -33,8 +33,8 @@ import random
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -57,9 +57,10 @@ class SchedulerClosed(RuntimeError):
 @dataclass
 class Token:
     """One generated token, with its log-probability and the best alternatives when asked for."""
+
     id: int
-    logprob: Optional[float] = None
-    top_logprobs: Optional[list[tuple[int, float]]] = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
 
 
 _END = object()
@@ -72,12 +73,17 @@ class RequestHandle:
     "cancelled". With a `loop` (the server's asyncio loop) it is consumed with `async for`, else with `for`.
     """
 
-    def __init__(self, index: int, prompt_tokens: int, loop: Optional[asyncio.AbstractEventLoop] = None,
-                 on_cancel: Callable[["RequestHandle"], None] = lambda h: None):
-        self.index = index                              # sample index j within its submit (seed + j)
+    def __init__(
+        self,
+        index: int,
+        prompt_tokens: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_cancel: Callable[[RequestHandle], None] = lambda h: None,
+    ):
+        self.index = index  # sample index j within its submit (seed + j)
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
-        self.finish_reason: Optional[str] = None
+        self.finish_reason: str | None = None
         self._loop = loop
         self._q = asyncio.Queue() if loop is not None else queue.SimpleQueue()
         self._cancelled = threading.Event()
@@ -88,10 +94,10 @@ class RequestHandle:
     def _put(self, item) -> None:
         try:
             self._q.put(item) if self._loop is None else self._loop.call_soon_threadsafe(self._q.put_nowait, item)
-        except RuntimeError:                            # the consumer's loop is gone: nobody is listening
+        except RuntimeError:  # the consumer's loop is gone: nobody is listening
             self._cancelled.set()
 
-    def _finish(self, reason: str, error: Optional[BaseException] = None) -> None:
+    def _finish(self, reason: str, error: BaseException | None = None) -> None:
         if self.finish_reason is None:
             self.finish_reason = reason
             self._put(_END if error is None else error)
@@ -109,7 +115,7 @@ class RequestHandle:
             raise stop if item is _END else item
         return item
 
-    def __iter__(self) -> "RequestHandle":
+    def __iter__(self) -> RequestHandle:
         return self
 
     def __next__(self) -> Token:
@@ -117,7 +123,7 @@ class RequestHandle:
             raise StopIteration
         return self._unpack(self._q.get(), StopIteration)
 
-    def __aiter__(self) -> "RequestHandle":
+    def __aiter__(self) -> RequestHandle:
         return self
 
     async def __anext__(self) -> Token:
@@ -135,17 +141,18 @@ class RequestHandle:
 @dataclass(eq=False)
 class _Seq:
     """One row of the batch: its request, its tokens and its sampling state."""
+
     handle: RequestHandle
     sample: SampleConfig
     stop: frozenset[int]
-    should_stop: Optional[Callable[[int, list[int]], bool]]
-    context: list[int]                                  # every token the model has seen (prompt + generated)
+    should_stop: Callable[[int, list[int]], bool] | None
+    context: list[int]  # every token the model has seen (prompt + generated)
     generator: torch.Generator
-    tokens: list[int] = field(default_factory=list)     # generated so far
-    fed: int = 0                                        # tokens of this row in the cache
-    counts: Optional[torch.Tensor] = None               # (V,) generated-token counts, for frequency/presence
-    seen: Optional[torch.Tensor] = None                 # (V,) bool, tokens in the text, for repetition_penalty
-    noise: Optional[torch.Tensor] = None                # (V,) its generator's next draw, made during a decode
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    fed: int = 0  # tokens of this row in the cache
+    counts: torch.Tensor | None = None  # (V,) generated-token counts, for frequency/presence
+    seen: torch.Tensor | None = None  # (V,) bool, tokens in the text, for repetition_penalty
+    noise: torch.Tensor | None = None  # (V,) its generator's next draw, made during a decode
 
 
 class Scheduler:
@@ -158,29 +165,41 @@ class Scheduler:
         self.cfg = self.engine.cfg
         self.max_batch, self.max_queue = max_batch, max_queue
         self._waiting: collections.deque[_Seq] = collections.deque()
-        self._rows: list[_Seq] = []                      # the batch, in cache order
-        self._cache: Optional[KVCache] = None
-        self._logits: Optional[torch.Tensor] = None      # (len(rows), V): each row's next-token logits
-        self._joining: list[tuple[list[_Seq], KVCache, torch.Tensor]] = []   # prefilled, not yet merged
+        self._rows: list[_Seq] = []  # the batch, in cache order
+        self._cache: KVCache | None = None
+        self._logits: torch.Tensor | None = None  # (len(rows), V): each row's next-token logits
+        self._joining: list[tuple[list[_Seq], KVCache, torch.Tensor]] = []  # prefilled, not yet merged
         self._cv = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-        self._helper: Optional[concurrent.futures.ThreadPoolExecutor] = None      # draws sampling noise
+        self._thread: threading.Thread | None = None
+        self._helper: concurrent.futures.ThreadPoolExecutor | None = None  # draws sampling noise
         self._closed = False
-        self.decode_calls = self.prefill_calls = self.finished = 0      # finished: rows that left, any reason
+        self.decode_calls = self.prefill_calls = self.finished = 0  # finished: rows that left, any reason
         self.decode_batch_sizes: collections.deque[int] = collections.deque(maxlen=100_000)  # rows per decode
 
     # --- the caller's side --------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], sample: SampleConfig, stop_ids: Iterable[int] = (), *,
-               should_stop: Optional[Callable[[int, list[int]], bool]] = None,
-               loop: Optional[asyncio.AbstractEventLoop] = None) -> RequestHandle:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        sample: SampleConfig,
+        stop_ids: Iterable[int] = (),
+        *,
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> RequestHandle:
         """Queue one sequence (sample.num_samples must be 1); see `submit_all`."""
         if sample.num_samples != 1:
             raise ValueError(f"submit queues one sequence: use submit_all for num_samples={sample.num_samples}")
         return self.submit_all(prompt_ids, sample, stop_ids, should_stop=should_stop, loop=loop)[0]
 
-    def submit_all(self, prompt_ids: list[int], sample: SampleConfig, stop_ids: Iterable[int] = (), *,
-                   should_stop: Optional[Callable[[int, list[int]], bool]] = None,
-                   loop: Optional[asyncio.AbstractEventLoop] = None) -> list[RequestHandle]:
+    def submit_all(
+        self,
+        prompt_ids: list[int],
+        sample: SampleConfig,
+        stop_ids: Iterable[int] = (),
+        *,
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> list[RequestHandle]:
         """Queue `sample.num_samples` sequences of one prompt, all or none (QueueFull), seeded seed + j as the
         engine does. `should_stop(j, tokens)` is asked after every token of sample j (on the scheduler's thread);
         True ends it with finish_reason "stop". Prompts longer than the context keep their last tokens."""
@@ -190,8 +209,17 @@ class Scheduler:
             raise ValueError(f"prompt token ids must be in 0..{self.cfg.vocab_size - 1}")
         ctx, _ = crop_prompt([int(t) for t in prompt_ids], self.cfg.block_size)
         base_seed = sample.seed if sample.seed is not None else random.getrandbits(62)
-        seqs = [_Seq(RequestHandle(j, len(ctx), loop, self._unqueue), sample, frozenset(stop_ids), should_stop,
-                     list(ctx), torch.Generator().manual_seed(base_seed + j)) for j in range(sample.num_samples)]
+        seqs = [
+            _Seq(
+                RequestHandle(j, len(ctx), loop, self._unqueue),
+                sample,
+                frozenset(stop_ids),
+                should_stop,
+                list(ctx),
+                torch.Generator().manual_seed(base_seed + j),
+            )
+            for j in range(sample.num_samples)
+        ]
         with self._cv:
             if self._closed:
                 raise SchedulerClosed("the scheduler is closed")
@@ -204,13 +232,18 @@ class Scheduler:
     def stats(self) -> dict:
         """Rows running, requests waiting, and the forward counters."""
         with self._cv:
-            return {"running": len(self._rows) + sum(len(r) for r, _, _ in self._joining),
-                    "waiting": len(self._waiting), "max_batch": self.max_batch, "max_queue": self.max_queue,
-                    "decode_calls": self.decode_calls, "prefill_calls": self.prefill_calls,
-                    "finished": self.finished}
+            return {
+                "running": len(self._rows) + sum(len(r) for r, _, _ in self._joining),
+                "waiting": len(self._waiting),
+                "max_batch": self.max_batch,
+                "max_queue": self.max_queue,
+                "decode_calls": self.decode_calls,
+                "prefill_calls": self.prefill_calls,
+                "finished": self.finished,
+            }
 
     def _unqueue(self, handle: RequestHandle) -> None:
-        with self._cv:                                   # a waiting request leaves the queue at once
+        with self._cv:  # a waiting request leaves the queue at once
             for s in self._waiting:
                 if s.handle is handle:
                     self._waiting.remove(s)
@@ -219,7 +252,7 @@ class Scheduler:
             self._cv.notify()
 
     # --- the thread -----------------------------------------------------------------------------------
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         """Run `step()` on a daemon thread whenever there is work (idempotent)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="pocketgpt-scheduler", daemon=True)
@@ -238,7 +271,7 @@ class Scheduler:
             self._helper.shutdown(wait=False)
             self._helper = None
 
-    def _end_all(self, reason: str, error: Optional[BaseException], waiting: bool = False) -> None:
+    def _end_all(self, reason: str, error: BaseException | None, waiting: bool = False) -> None:
         with self._cv:
             for s in [*(self._waiting if waiting else ()), *self._rows, *(s for r, _, _ in self._joining for s in r)]:
                 s.handle._finish(reason, error)
@@ -255,7 +288,7 @@ class Scheduler:
                     return
             try:
                 self.step()
-            except Exception as e:                        # a bug: fail the requests in flight, keep serving
+            except Exception as e:  # a bug: fail the requests in flight, keep serving
                 traceback.print_exc(file=sys.stderr)
                 self._end_all("error", RuntimeError(f"generation failed: {e.__class__.__name__}: {e}"))
 
@@ -295,13 +328,13 @@ class Scheduler:
             self._prefill(slid, [s.context[-window:] for s in slid])
         if not self._rows:
             return True
-        if self._cache.pos >= self._cache.max_len:       # full: drop padding no row needs, grow the capacity
+        if self._cache.pos >= self._cache.max_len:  # full: drop padding no row needs, grow the capacity
             self._cache = self._pack([(self._cache, self._rows)])
         # 6) one decode forward for every remaining row: its last token, at its own position
-        nxt = torch.tensor([s.context[-1] for s in self._rows], dtype=torch.long)      # (B,)
-        positions = torch.tensor([s.fed for s in self._rows])                             # (B,)
+        nxt = torch.tensor([s.context[-1] for s in self._rows], dtype=torch.long)  # (B,)
+        positions = torch.tensor([s.fed for s in self._rows])  # (B,)
         noise = self._draw_noise_meanwhile()
-        self._logits = self.engine.decode(self._cache, nxt, positions)                    # (B, V)
+        self._logits = self.engine.decode(self._cache, nxt, positions)  # (B, V)
         if noise is not None:
             noise()
         self.decode_calls += 1
@@ -310,7 +343,7 @@ class Scheduler:
             s.fed += 1
         return True
 
-    def _draw_noise_meanwhile(self) -> Optional[Callable[[], None]]:
+    def _draw_noise_meanwhile(self) -> Callable[[], None] | None:
         """Start drawing the sampling noise of the next pick on a helper thread, so that it runs beside the decode
         forward (on another core; the noise needs no logits): each sampling row's generator draws exactly what it
         would draw at the pick. Returns the wait that stores it in the rows, or None when there is nothing to draw."""
@@ -325,10 +358,11 @@ class Scheduler:
             q = job.result()
             for s, row in zip(rows, q):
                 s.noise = row
+
         return wait
 
     def _prefill(self, seqs: list[_Seq], contexts: list[list[int]]) -> None:
-        cache, logits = self.engine.prefill(contexts, bucket=True)      # few shapes: bounded oneDNN caches
+        cache, logits = self.engine.prefill(contexts, bucket=True)  # few shapes: bounded oneDNN caches
         self.prefill_calls += 1
         for s, c in zip(seqs, contexts):
             s.fed = len(c)
@@ -343,7 +377,7 @@ class Scheduler:
         logits = ([self._logits] if self._rows else []) + [lg for _, _, lg in joining]
         self._cache = self._pack(parts)
         self._rows = [s for _, rows in parts for s in rows]
-        self._logits = torch.cat(logits)                                                  # (B, V)
+        self._logits = torch.cat(logits)  # (B, V)
 
     def _pack(self, parts: list[tuple[KVCache, list[_Seq]]]) -> KVCache:
         """One cache holding every part's rows, right-aligned at pos = the longest row; padding masked. Its
@@ -356,9 +390,9 @@ class Scheduler:
         out = KVCache(self.cfg, B, max_len=cap, dtype=first.k.dtype, device=first.k.device)
         b = 0
         for cache, rows in parts:
-            m = max(s.fed for s in rows)                  # live slots of this part: [cache.pos - m, cache.pos)
-            out.k[:, b:b + len(rows), :, P - m:P] = cache.k[:, :, :, cache.pos - m:cache.pos]
-            out.v[:, b:b + len(rows), :, P - m:P] = cache.v[:, :, :, cache.pos - m:cache.pos]
+            m = max(s.fed for s in rows)  # live slots of this part: [cache.pos - m, cache.pos)
+            out.k[:, b : b + len(rows), :, P - m : P] = cache.k[:, :, :, cache.pos - m : cache.pos]
+            out.v[:, b : b + len(rows), :, P - m : P] = cache.v[:, :, :, cache.pos - m : cache.pos]
             b += len(rows)
         out.pos = P
         out.set_padding(torch.tensor([P - s.fed for _, rows in parts for s in rows]))
@@ -367,7 +401,7 @@ class Scheduler:
     def _pick(self) -> None:
         """Choose each row's next token from its logits, hand it over, retire the rows that finished."""
         finished: dict[int, str] = {}
-        logits = self._logits.float().cpu()                  # (B, V): the generators live on the CPU
+        logits = self._logits.float().cpu()  # (B, V): the generators live on the CPU
         ids = choose_tokens(self._rows, logits)
         for a, (s, tid) in enumerate(zip(self._rows, ids)):
             if tid in s.stop:
@@ -376,7 +410,7 @@ class Scheduler:
             tok = Token(tid)
             sp = s.sample
             if sp.logprobs or sp.top_logprobs > 0:
-                lp, top_ids, top_vals = S.top_logprobs(logits[a:a + 1], torch.tensor([tid]), sp.top_logprobs)
+                lp, top_ids, top_vals = S.top_logprobs(logits[a : a + 1], torch.tensor([tid]), sp.top_logprobs)
                 tok.logprob = float(lp[0])
                 tok.top_logprobs = list(zip(top_ids[0].tolist(), top_vals[0].tolist()))
             s.tokens.append(tid)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import codecs
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -27,9 +27,9 @@ class TextCompletion:
     text: str
     tokens: list[int]
     finish_reason: str
-    logprobs: Optional[list[float]] = None
-    top_logprobs: Optional[list[list[tuple[int, float]]]] = None
-    score: Optional[float] = None
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    score: float | None = None
 
 
 class StopMatcher:
@@ -56,8 +56,9 @@ class StopMatcher:
 
 
 class TextGenerator:
-    def __init__(self, model, tokenizer, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, model, tokenizer, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ):
         self.engine = Engine(model, device=device, dtype=dtype)
         self.tokenizer = tokenizer
 
@@ -68,8 +69,11 @@ class TextGenerator:
     def _fit(self, ids: list[int]) -> list[int]:
         context, cropped = crop_prompt(list(ids), self.engine.cfg.block_size)
         if cropped:
-            warnings.warn(f"prompt has {len(ids)} tokens, more than the context of {self.engine.cfg.block_size} "
-                          f"allows; keeping the last {len(context)}", stacklevel=4)
+            warnings.warn(
+                f"prompt has {len(ids)} tokens, more than the context of {self.engine.cfg.block_size} "
+                f"allows; keeping the last {len(context)}",
+                stacklevel=4,
+            )
         return context
 
     def complete(self, prompts: list[str], sample: SampleConfig) -> list[list[TextCompletion]]:
@@ -79,12 +83,15 @@ class TextGenerator:
     def complete_ids(self, prompt_ids: list[int], sample: SampleConfig, stop_ids: Iterable[int]) -> TextCompletion:
         """The one completion of a prompt given as token ids (a chat template's); num_samples must be 1."""
         if sample.num_samples != 1:
-            raise ValueError(f"complete_ids returns one completion: use num_samples=1 (got {sample.num_samples}) "
-                             "or complete_ids_batch")
+            raise ValueError(
+                f"complete_ids returns one completion: use num_samples=1 (got {sample.num_samples}) "
+                "or complete_ids_batch"
+            )
         return self.complete_ids_batch([prompt_ids], sample, stop_ids)[0][0]
 
-    def complete_ids_batch(self, prompts: list[list[int]], sample: SampleConfig,
-                           stop_ids: Iterable[int]) -> list[list[TextCompletion]]:
+    def complete_ids_batch(
+        self, prompts: list[list[int]], sample: SampleConfig, stop_ids: Iterable[int]
+    ) -> list[list[TextCompletion]]:
         """`complete` for prompts given as token ids, ended by any of `stop_ids` (never part of the text)."""
         tok = self.tokenizer
         matcher = StopMatcher(sample.stop)
@@ -96,8 +103,12 @@ class TextGenerator:
             buf += tok.decode_bytes(tokens[-1:])
             return matcher.find(bytes(buf), before) >= 0
 
-        results = self.engine.generate([self._fit(p) for p in prompts], sample, stop_ids=list(stop_ids),
-                                       should_stop=should_stop if sample.stop else None)
+        results = self.engine.generate(
+            [self._fit(p) for p in prompts],
+            sample,
+            stop_ids=list(stop_ids),
+            should_stop=should_stop if sample.stop else None,
+        )
         return [[self._finish(c, matcher) for c in row] for row in results]
 
     def _finish(self, c: Completion, matcher: StopMatcher) -> TextCompletion:
@@ -106,8 +117,9 @@ class TextGenerator:
         reason = c.finish_reason
         if cut >= 0:
             raw, reason = raw[:cut], "stop"
-        return TextCompletion(raw.decode("utf-8", errors="replace"), c.tokens, reason, c.logprobs, c.top_logprobs,
-                              c.score)
+        return TextCompletion(
+            raw.decode("utf-8", errors="replace"), c.tokens, reason, c.logprobs, c.top_logprobs, c.score
+        )
 
     def stream(self, prompt: str, sample: SampleConfig) -> Iterator[str]:
         """Yield pieces of text as soon as they are whole characters and cannot start a stop string."""
@@ -119,12 +131,12 @@ class TextGenerator:
         prompt_ids, stop_ids = self._fit(prompt_ids), list(stop_ids)
         matcher = StopMatcher(sample.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        buf, sent = bytearray(), 0                       # sent: bytes of buf already handed to the decoder
+        buf, sent = bytearray(), 0  # sent: bytes of buf already handed to the decoder
         for t in self.engine.stream(prompt_ids, sample, stop_ids=stop_ids):
             before = len(buf)
             buf += tok.decode_bytes([t])
             cut = matcher.find(bytes(buf), before) if matcher.stops else -1
-            if cut >= 0:                                  # returning closes the engine's generator
+            if cut >= 0:  # returning closes the engine's generator
                 text = decoder.decode(bytes(buf[sent:cut]), final=True)
                 if text:
                     yield text
@@ -140,8 +152,15 @@ class TextGenerator:
             yield text
 
 
-def generate_text(model, tokenizer, prompt: str = "", sample: SampleConfig | None = None, *,
-                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> str:
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str = "",
+    sample: SampleConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> str:
     """The continuation of `prompt` (without the prompt); stops at <|endoftext|>, a stop string or max_new_tokens.
 
     Bytes that do not form valid UTF-8 (a model can emit half a character) become U+FFFD, so the text prints.

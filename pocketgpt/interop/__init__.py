@@ -4,8 +4,26 @@ HF names live only here: `pocketgpt.model` never sees them. `transformers` is no
 package; downloading a Hub id needs `huggingface_hub` (the `[hf]` extra).
 """
 
-from pocketgpt.interop.hf_gpt2 import (IGNORED, RENAME, TRANSPOSED, config_from_hf, config_to_hf, convert_from_hf,
-                                       convert_to_hf, from_hf_state_dict, to_hf_state_dict)
+from pocketgpt.interop.hf_gpt2 import (
+    IGNORED,
+    RENAME,
+    TRANSPOSED,
+    config_from_hf,
+    config_to_hf,
+    convert_from_hf,
+    convert_to_hf,
+    from_hf_state_dict,
+    to_hf_state_dict,
+)
 
-__all__ = ["RENAME", "TRANSPOSED", "IGNORED", "convert_from_hf", "convert_to_hf", "to_hf_state_dict",
-           "from_hf_state_dict", "config_to_hf", "config_from_hf"]
+__all__ = [
+    "RENAME",
+    "TRANSPOSED",
+    "IGNORED",
+    "convert_from_hf",
+    "convert_to_hf",
+    "to_hf_state_dict",
+    "from_hf_state_dict",
+    "config_to_hf",
+    "config_from_hf",
+]

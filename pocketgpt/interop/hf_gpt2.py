@@ -59,14 +59,16 @@ RENAME: dict[str, str] = {  # pocketgpt key -> HF GPT2LMHeadModel key (identical
     "transformer.h.{i}.mlp.c_proj.bias": "transformer.h.{i}.mlp.c_proj.bias",
     "transformer.ln_f.weight": "transformer.ln_f.weight",
     "transformer.ln_f.bias": "transformer.ln_f.bias",
-    "lm_head.weight": "lm_head.weight",                      # optional in HF files: tied to wte
+    "lm_head.weight": "lm_head.weight",  # optional in HF files: tied to wte
 }
-TRANSPOSED: frozenset[str] = frozenset({  # pocketgpt keys whose HF tensor is Conv1D (in, out)
-    "transformer.h.{i}.attn.c_attn.weight",
-    "transformer.h.{i}.attn.c_proj.weight",
-    "transformer.h.{i}.mlp.c_fc.weight",
-    "transformer.h.{i}.mlp.c_proj.weight",
-})
+TRANSPOSED: frozenset[str] = frozenset(
+    {  # pocketgpt keys whose HF tensor is Conv1D (in, out)
+        "transformer.h.{i}.attn.c_attn.weight",
+        "transformer.h.{i}.attn.c_proj.weight",
+        "transformer.h.{i}.mlp.c_fc.weight",
+        "transformer.h.{i}.mlp.c_proj.weight",
+    }
+)
 IGNORED: tuple[str, ...] = (  # HF keys older checkpoints carry: causal-mask buffers, not weights
     "transformer.h.{i}.attn.bias",
     "transformer.h.{i}.attn.masked_bias",
@@ -98,7 +100,7 @@ def _canonical_hf_key(key: str) -> str:
 def to_hf_state_dict(model: GPT, *, lm_head: bool = True) -> dict[str, torch.Tensor]:
     """Our model's weights under HF GPT2LMHeadModel names and layouts (bias=False -> zero biases)."""
     cfg = model.config
-    config_to_hf(cfg)                                                      # refuses what GPT-2 cannot hold
+    config_to_hf(cfg)  # refuses what GPT-2 cannot hold
     ours = model.state_dict()
     full = _shapes(dataclasses.replace(cfg, bias=True))
     dtype = ours["transformer.wte.weight"].dtype
@@ -107,7 +109,7 @@ def to_hf_state_dict(model: GPT, *, lm_head: bool = True) -> dict[str, torch.Ten
         if key == "lm_head.weight" and not lm_head:
             continue
         t = ours.get(key)
-        if t is None:                                                      # a bias our bias=False model lacks
+        if t is None:  # a bias our bias=False model lacks
             t = torch.zeros(full[key], dtype=dtype)
         t = t.detach().cpu()
         out[hf_key] = (t.t() if transposed else t).contiguous()
@@ -135,11 +137,11 @@ def from_hf_state_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict
     for key, hf_key, transposed in _pairs(cfg.n_layer):
         t = hf.pop(hf_key, None)
         if key == "lm_head.weight" and cfg.tie_embeddings:
-            out[key] = out["transformer.wte.weight"]                      # HF ties it on load too
+            out[key] = out["transformer.wte.weight"]  # HF ties it on load too
             continue
         if t is None:
             raise UserError(f"weights lack the tensor {hf_key!r}")
-        if key not in shapes:                                              # a bias our bias=False config drops
+        if key not in shapes:  # a bias our bias=False config drops
             if torch.count_nonzero(t):
                 raise UserError(f"tensor {hf_key} is not zero, but the config has bias=False")
             continue
@@ -157,10 +159,22 @@ def from_hf_state_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict
 ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 HF_DEFAULTS = {  # GPT2Config's defaults: a key missing from config.json means this value
-    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": None,
-    "activation_function": "gelu_new", "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
-    "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "scale_attn_weights": True,
-    "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "add_cross_attention": False,
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
     "tie_word_embeddings": True,
 }
 # Options that change the function GPT-2 computes, and the value we can represent. reorder_and_upcast_attn
@@ -171,26 +185,45 @@ _MATH_OPTIONS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": 
 def config_to_hf(cfg: ModelConfig, *, eot_id: int | None = None) -> dict:
     """A GPT2Config dict for `cfg`; UserError names any variant GPT-2 cannot represent."""
     if cfg.pos_encoding != "learned":
-        raise UserError(f"cannot export pos_encoding={cfg.pos_encoding!r} to Hugging Face GPT-2, "
-                        "which has learned positions (wpe) only")
+        raise UserError(
+            f"cannot export pos_encoding={cfg.pos_encoding!r} to Hugging Face GPT-2, "
+            "which has learned positions (wpe) only"
+        )
     if not cfg.tie_embeddings:
-        raise UserError("cannot export tie_embeddings=False (an untied lm_head) to Hugging Face GPT-2, "
-                        "whose output head is the token embedding")
+        raise UserError(
+            "cannot export tie_embeddings=False (an untied lm_head) to Hugging Face GPT-2, "
+            "whose output head is the token embedding"
+        )
     if cfg.activation not in ACT_TO_HF:
-        raise UserError(f"cannot export activation={cfg.activation!r} to Hugging Face GPT-2: "
-                        f"supported are {sorted(ACT_TO_HF)}")
+        raise UserError(
+            f"cannot export activation={cfg.activation!r} to Hugging Face GPT-2: supported are {sorted(ACT_TO_HF)}"
+        )
     if cfg.qk_norm:
         raise UserError("cannot export qk_norm=True to Hugging Face GPT-2, whose attention has no query/key norm")
     return {
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.n_inner,
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.n_inner,
         "activation_function": ACT_TO_HF[cfg.activation],
-        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-        "layer_norm_epsilon": cfg.layer_norm_eps, "initializer_range": cfg.init_std,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "add_cross_attention": False, "tie_word_embeddings": True, "use_cache": True,
-        "bos_token_id": eot_id, "eos_token_id": eot_id, "dtype": "float32",
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": cfg.init_std,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "dtype": "float32",
     }
 
 
@@ -200,7 +233,7 @@ def config_from_hf(d: Mapping) -> ModelConfig:
         raise UserError(f"a Hugging Face config must be a JSON object, got {type(d).__name__}")
     model_type = d.get("model_type")
     if model_type is None and any(str(a).startswith("GPT2") for a in d.get("architectures") or []):
-        model_type = "gpt2"                                                # very old configs lack model_type
+        model_type = "gpt2"  # very old configs lack model_type
     if model_type != "gpt2":
         raise UserError(f"not a GPT-2 checkpoint: model_type is {model_type!r}, expected 'gpt2'")
     g = {**HF_DEFAULTS, **{k: v for k, v in d.items() if k in HF_DEFAULTS}}
@@ -211,11 +244,19 @@ def config_from_hf(d: Mapping) -> ModelConfig:
     if act not in ACT_FROM_HF:
         raise UserError(f"unsupported GPT-2 variant: activation_function={act!r}; supported are {sorted(ACT_FROM_HF)}")
     return ModelConfig(
-        n_layer=g["n_layer"], n_head=g["n_head"], n_embd=g["n_embd"], block_size=g["n_positions"],
-        vocab_size=g["vocab_size"], n_inner=g["n_inner"], activation=ACT_FROM_HF[act],
-        layer_norm_eps=float(g["layer_norm_epsilon"]), init_std=float(g["initializer_range"]),
+        n_layer=g["n_layer"],
+        n_head=g["n_head"],
+        n_embd=g["n_embd"],
+        block_size=g["n_positions"],
+        vocab_size=g["vocab_size"],
+        n_inner=g["n_inner"],
+        activation=ACT_FROM_HF[act],
+        layer_norm_eps=float(g["layer_norm_epsilon"]),
+        init_std=float(g["initializer_range"]),
         dropout=float(max(g["resid_pdrop"], g["embd_pdrop"], g["attn_pdrop"])),
-        tie_embeddings=bool(g["tie_word_embeddings"]), bias=True, pos_encoding="learned",
+        tie_embeddings=bool(g["tie_word_embeddings"]),
+        bias=True,
+        pos_encoding="learned",
     )
 
 
@@ -253,11 +294,16 @@ def _download(repo_id: str) -> Path:
     """snapshot_download of the few files we need; the HF cache serves them when offline."""
     try:
         from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
     except ImportError:
-        raise UserError(f"downloading {repo_id!r} needs huggingface_hub (pip install 'pocketgpt[hf]'); "
-                        "or pass a local folder") from None
+        raise UserError(
+            f"downloading {repo_id!r} needs huggingface_hub (pip install 'pocketgpt[hf]'); or pass a local folder"
+        ) from None
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE
     why = "HF_HUB_OFFLINE is set and it is not in the local cache"
     if not offline and not _hub_reachable(constants.ENDPOINT):
@@ -265,17 +311,23 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=offline, etag_timeout=5))
     except GatedRepoError:
-        raise UserError(f"{repo_id!r} is gated on the Hugging Face Hub: accept its terms and log in "
-                        "(`hf auth login`), or pass a local folder") from None
+        raise UserError(
+            f"{repo_id!r} is gated on the Hugging Face Hub: accept its terms and log in "
+            "(`hf auth login`), or pass a local folder"
+        ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise UserError(f"{repo_id!r} is neither a local folder nor a model on the Hugging Face Hub "
-                        "(or it is private: log in with `hf auth login`)") from None
+        raise UserError(
+            f"{repo_id!r} is neither a local folder nor a model on the Hugging Face Hub "
+            "(or it is private: log in with `hf auth login`)"
+        ) from None
     except Exception as e:  # LocalEntryNotFoundError: no connection (or offline) and not in the cache
         text = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if not offline and not isinstance(e, LocalEntryNotFoundError):
             raise UserError(f"could not download {repo_id!r} from the Hugging Face Hub ({text})") from None
-        raise UserError(f"could not download {repo_id!r} from the Hugging Face Hub ({why if offline else text}): "
-                        "this machine seems offline; pass a local folder") from None
+        raise UserError(
+            f"could not download {repo_id!r} from the Hugging Face Hub ({why if offline else text}): "
+            "this machine seems offline; pass a local folder"
+        ) from None
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -309,10 +361,13 @@ def _load_bin(f: Path) -> dict[str, torch.Tensor]:
         sd = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise UserError(f"refusing {f}: it is not a plain tensor state dict loadable with weights_only=True "
-                        f"({e.__class__.__name__}: {first}); nothing in it was executed") from None
-    if not isinstance(sd, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in sd.items()):
+        raise UserError(
+            f"refusing {f}: it is not a plain tensor state dict loadable with weights_only=True "
+            f"({e.__class__.__name__}: {first}); nothing in it was executed"
+        ) from None
+    if not isinstance(sd, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
         raise UserError(f"refusing {f}: expected a mapping of tensor names to tensors, got {type(sd).__name__}")
     return dict(sd)
 
@@ -324,8 +379,9 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     if not files:
         if (folder / "pytorch_model.bin").is_file():
             return _load_bin(folder / "pytorch_model.bin")
-        raise UserError(f"no weights in {folder}: looked for model.safetensors, model-*-of-*.safetensors "
-                        "and pytorch_model.bin")
+        raise UserError(
+            f"no weights in {folder}: looked for model.safetensors, model-*-of-*.safetensors and pytorch_model.bin"
+        )
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -353,10 +409,11 @@ def convert_from_hf(source: str | Path, out: str | Path) -> Path:
     state = from_hf_state_dict(read_hf_weights(folder), cfg)
     tokenizer = load_hf_tokenizer(folder)
     if tokenizer.n_vocab > cfg.vocab_size:
-        raise UserError(f"the tokenizer in {folder} has {tokenizer.n_vocab} tokens but config.json "
-                        f"vocab_size is {cfg.vocab_size}")
+        raise UserError(
+            f"the tokenizer in {folder} has {tokenizer.n_vocab} tokens but config.json vocab_size is {cfg.vocab_size}"
+        )
     model = GPT(cfg)
-    model.load_state_dict(state)                                           # copies into float32 parameters
+    model.load_state_dict(state)  # copies into float32 parameters
     with atomic_dir(out) as tmp:
         write_checkpoint_files(tmp, model.eval(), tokenizer, extra={"converted_from": f"huggingface-gpt2:{source}"})
     return out
@@ -369,7 +426,7 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
     cfg, tokenizer = ckpt.model.config, ckpt.tokenizer
     hf_config = config_to_hf(cfg, eot_id=tokenizer.eot_id)
     check_exportable(tokenizer)
-    state = to_hf_state_dict(ckpt.model.float(), lm_head=False)          # HF re-ties lm_head to wte on load
+    state = to_hf_state_dict(ckpt.model.float(), lm_head=False)  # HF re-ties lm_head to wte on load
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

@@ -99,7 +99,7 @@ def build_hf_tokenizer(vocab_json: Path, merges_txt: Path, special_tokens: dict[
     hf = HFTokenizer(models.BPE.from_file(str(vocab_json), str(merges_txt)))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
-    hf.post_processor = processors.ByteLevel(trim_offsets=False)   # as GPT-2's own tokenizer.json
+    hf.post_processor = processors.ByteLevel(trim_offsets=False)  # as GPT-2's own tokenizer.json
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special_tokens])
     got = {s: hf.token_to_id(s) for s in special_tokens}
     if got != dict(special_tokens):
@@ -111,16 +111,16 @@ def save_hf_tokenizer(tok: Tokenizer, directory: Path | str, *, model_max_length
     """Write vocab.json, merges.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
     check_exportable(tok)
     out = Path(directory)
-    tok.save_gpt2_files(out)                                              # vocab.json + merges.txt
+    tok.save_gpt2_files(out)  # vocab.json + merges.txt
     build_hf_tokenizer(out / "vocab.json", out / "merges.txt", tok.special_tokens).save(str(out / "tokenizer.json"))
     extra = [s for s in tok.special_tokens if s != EOT and s in CHAT_TOKENS]
     specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "additional_special_tokens": extra}
     config = {
-        "tokenizer_class": "GPT2Tokenizer",        # AutoTokenizer builds the fast (tokenizers) class from it
+        "tokenizer_class": "GPT2Tokenizer",  # AutoTokenizer builds the fast (tokenizers) class from it
         "model_max_length": model_max_length,
         "add_prefix_space": False,
         "add_bos_token": False,
-        "clean_up_tokenization_spaces": False,     # decode must give back the exact text
+        "clean_up_tokenization_spaces": False,  # decode must give back the exact text
         **specials,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,6 @@
 """The network: GPT and its parts. Imports only torch and pocketgpt.config."""
 
-from pocketgpt.model.gpt import GPT, Block, CausalSelfAttention, MLP
+from pocketgpt.model.gpt import GPT, MLP, Block, CausalSelfAttention
 from pocketgpt.model.kv_cache import KVCache
 from pocketgpt.model.positional import POSITIONAL
 

@@ -3,8 +3,6 @@ GPT2ForSequenceClassification. A model piece: reading labelled files and batchin
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,32 +27,35 @@ class GPTClassifier(GPT):
             raise UserError(f"a classifier needs at least 2 classes, got n_classes={n_classes!r}")
         super().__init__(cfg)
         self.n_classes = n_classes
-        self.score = nn.Linear(cfg.n_embd, n_classes, bias=False)              # hidden state -> class logits
+        self.score = nn.Linear(cfg.n_embd, n_classes, bias=False)  # hidden state -> class logits
         nn.init.zeros_(self.score.weight)
 
     @classmethod
-    def from_gpt(cls, gpt: GPT, n_classes: int) -> "GPTClassifier":
+    def from_gpt(cls, gpt: GPT, n_classes: int) -> GPTClassifier:
         """A classifier whose trunk is a copy of `gpt`'s weights (apply LoRA after this, not before)."""
         model = cls(gpt.config, n_classes)
         missing, unexpected = model.load_state_dict(gpt.state_dict(), strict=False)
         if unexpected or [k for k in missing if not k.startswith("score.")]:
-            raise ValueError(f"GPT weights do not fit the classifier trunk: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]} (apply LoRA after from_gpt, or merge it first)")
+            raise ValueError(
+                f"GPT weights do not fit the classifier trunk: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]} (apply LoRA after from_gpt, or merge it first)"
+            )
         p = next(gpt.parameters())
         return model.to(device=p.device, dtype=p.dtype).train(gpt.training)
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) right-padded, lengths (B,) real lengths (None = all T) -> logits (B, n_classes) float32,
         and the mean cross-entropy against targets (B,) int64 if given."""
         B, T = idx.shape
-        h = self.hidden(idx)                                                   # (B, T, C)
+        h = self.hidden(idx)  # (B, T, C)
         if lengths is None:
-            last = h[:, -1]                                                    # (B, C)
+            last = h[:, -1]  # (B, C)
         else:
             if lengths.shape != (B,) or int(lengths.min()) < 1 or int(lengths.max()) > T:
                 raise ValueError(f"lengths must be (B,)=({B},) with values in [1, {T}], got {lengths.tolist()}")
             last = h[torch.arange(B, device=h.device), lengths.to(h.device) - 1]  # (B, C): last real token
-        logits = self.score(last).float()                                      # (B, n_classes)
+        logits = self.score(last).float()  # (B, n_classes)
         loss = F.cross_entropy(logits, targets) if targets is not None else None
         return logits, loss

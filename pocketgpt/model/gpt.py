@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -42,8 +41,8 @@ class ReLU2(nn.Module):
 
 
 ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
-    "gelu": nn.GELU,                                      # 0.5 x (1 + erf(x / sqrt 2)): the exact GELU
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),     # GPT-2's approximation ("gelu_new" in HF)
+    "gelu": nn.GELU,  # 0.5 x (1 + erf(x / sqrt 2)): the exact GELU
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's approximation ("gelu_new" in HF)
     "relu": nn.ReLU,
     "relu2": ReLU2,
 }
@@ -52,8 +51,8 @@ ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k) + causal mask) V, written out: the articles' formula as three ops."""
     T = q.size(-2)
-    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5                  # (B, nh, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)      # True above the diagonal
+    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # True above the diagonal
     probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
     return F.dropout(probs, dropout) @ v if dropout > 0 else probs @ v
 
@@ -71,34 +70,38 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.head_dim, self.layer_idx = cfg.n_head, cfg.head_dim, layer_idx
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v projections in one matmul
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)      # mixes the heads back together
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # mixes the heads back together
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x: torch.Tensor, rot: Optional[tuple[torch.Tensor, torch.Tensor]],
-                kv_cache: Optional[KVCache] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rot: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)                                 # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)           # (B, nh, T, hs)
-        if self.qk_norm:                                                          # unit-RMS q and k per head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:  # unit-RMS q and k per head
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
-        q, k = apply_rotary(q, rot), apply_rotary(k, rot)                       # RoPE only; identity otherwise
+        q, k = apply_rotary(q, rot), apply_rotary(k, rot)  # RoPE only; identity otherwise
 
         dropout = self.attn_dropout if self.training else 0.0
         if kv_cache is None and _matmul_attention_pays(q):
             y = matmul_attention(q, k, v, dropout)
-        elif kv_cache is None:                                                    # training / full forward
+        elif kv_cache is None:  # training / full forward
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            causal = kv_cache.pos == 0 and mask is None                           # first chunk, no padding
-            k, v = kv_cache.update(self.layer_idx, k, v)                        # (B, nh, past+T, hs)
+            causal = kv_cache.pos == 0 and mask is None  # first chunk, no padding
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past+T, hs)
             # softmax(Q K^T / sqrt(d_k)) V with the future (and any left padding) masked out
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=causal and T > 1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)                       # (B, T, C): heads side by side
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -126,8 +129,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rot, kv_cache: Optional[KVCache] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rot, kv_cache: KVCache | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rot, kv_cache, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -137,19 +141,21 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.activation_checkpointing = False   # a training choice (TrainConfig), not part of the architecture
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),                     # 1) token embedding table
-            wpe=POSITIONAL[cfg.pos_encoding](cfg),                           # 2) positional encoding
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),      # 6) N blocks
-            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias),
-        ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)      # 7) scores over the vocabulary
+        self.activation_checkpointing = False  # a training choice (TrainConfig), not part of the architecture
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),  # 1) token embedding table
+                wpe=POSITIONAL[cfg.pos_encoding](cfg),  # 2) positional encoding
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),  # 6) N blocks
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)  # 7) scores over the vocabulary
         if cfg.tie_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight                # same matrix reads and writes tokens
+            self.lm_head.weight = self.transformer.wte.weight  # same matrix reads and writes tokens
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():                               # GPT-2: scale residual projections
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
 
@@ -161,8 +167,9 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
-    def hidden(self, idx: torch.Tensor, kv_cache: Optional[KVCache] = None,
-               pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def hidden(
+        self, idx: torch.Tensor, kv_cache: KVCache | None = None, pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Steps 1-6 and the final norm: token ids (B, T) -> hidden states (B, T, C).
 
         `pos` gives each token's position, (T,) or per row (B, T) for left-padded batches; by default the
@@ -173,29 +180,30 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds the context length {self.config.block_size}")
         if pos is None:
-            pos = torch.arange(past, past + T, device=idx.device)            # (T,)
+            pos = torch.arange(past, past + T, device=idx.device)  # (T,)
         wpe = self.transformer.wpe
-        x = wpe.add_to_input(self.transformer.wte(idx), pos)                 # (B, T, C)
+        x = wpe.add_to_input(self.transformer.wte(idx), pos)  # (B, T, C)
         x = self.transformer.drop(x)
-        rot = wpe.rotation(pos)                                               # (cos, sin) for RoPE, else None
-        mask = kv_cache.attn_mask(T) if kv_cache is not None else None        # one mask for every layer
+        rot = wpe.rotation(pos)  # (cos, sin) for RoPE, else None
+        mask = kv_cache.attn_mask(T) if kv_cache is not None else None  # one mask for every layer
         recompute = self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()
         for block in self.transformer.h:
-            if recompute:                        # keep only each block's input; redo its forward in backward
+            if recompute:  # keep only each block's input; redo its forward in backward
                 x = torch.utils.checkpoint.checkpoint(block, x, rot, use_reentrant=False)
             else:
-                x = block(x, rot, kv_cache, mask)                             # (B, T, C)
+                x = block(x, rot, kv_cache, mask)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.transformer.ln_f(x)                                       # (B, T, C)
+        return self.transformer.ln_f(x)  # (B, T, C)
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                kv_cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, vocab), and the mean next-token cross-entropy if targets are given.
 
         Targets equal to -1 are ignored (padding, or prompt tokens when fine-tuning on answers only).
         """
-        logits = self.lm_head(self.hidden(idx, kv_cache))                      # (B, T, V)
+        logits = self.lm_head(self.hidden(idx, kv_cache))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
@@ -229,7 +237,7 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: Optional[int] = None) -> float:
+    def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N plus attention's 12 L T d (PaLM appendix B)."""
         cfg, T = self.config, seq_len or self.config.block_size
         n = self.num_params(non_embedding=True) + self.lm_head.weight.numel()  # lookups are free; the head is a matmul

@@ -11,16 +11,20 @@ What does not live here: sampling, stopping, batching policy (generate/).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from pocketgpt.config import ModelConfig
 
 
 class KVCache:
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         max_len = max_len or cfg.block_size
         if max_len > cfg.block_size:
             raise ValueError(f"KV cache length {max_len} exceeds the context length {cfg.block_size}")
@@ -29,7 +33,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.pos = 0
-        self.valid: Optional[torch.Tensor] = None      # (B, max_len) bool, only when some row is padded
+        self.valid: torch.Tensor | None = None  # (B, max_len) bool, only when some row is padded
 
     @property
     def batch_size(self) -> int:
@@ -41,7 +45,7 @@ class KVCache:
             self.valid = None
             return
         slots = torch.arange(self.max_len, device=self.k.device)
-        self.valid = slots[None, :] >= pad.to(self.k.device)[:, None]                  # (B, max_len)
+        self.valid = slots[None, :] >= pad.to(self.k.device)[:, None]  # (B, max_len)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at [pos, pos+T) and return all keys/values so far, (B, nh, pos+T, hs)."""
@@ -49,11 +53,11 @@ class KVCache:
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def attn_mask(self, T: int) -> Optional[torch.Tensor]:
+    def attn_mask(self, T: int) -> torch.Tensor | None:
         """Boolean mask (B, 1, T, pos+T) for T new queries, or None where plain causal / full attention is exact.
 
         A query at slot s may see slot j <= s if j holds a real token; it always sees itself, so a padding
@@ -64,24 +68,24 @@ class KVCache:
             if past == 0 or T == 1:
                 return None
             return torch.ones(T, past + T, dtype=torch.bool, device=self.k.device).tril(diagonal=past)
-        q_slot = torch.arange(past, past + T, device=self.k.device)[:, None]          # (T, 1)
-        k_slot = torch.arange(past + T, device=self.k.device)[None, :]                 # (1, S)
-        causal = k_slot <= q_slot                                                     # (T, S)
-        mask = causal[None] & (self.valid[:, None, :past + T] | (k_slot == q_slot)[None])  # (B, T, S)
-        return mask[:, None]                                                          # (B, 1, T, S)
+        q_slot = torch.arange(past, past + T, device=self.k.device)[:, None]  # (T, 1)
+        k_slot = torch.arange(past + T, device=self.k.device)[None, :]  # (1, S)
+        causal = k_slot <= q_slot  # (T, S)
+        mask = causal[None] & (self.valid[:, None, : past + T] | (k_slot == q_slot)[None])  # (B, T, S)
+        return mask[:, None]  # (B, 1, T, S)
 
     def advance(self, T: int) -> None:
-        self.pos += T                       # `valid` already marks every slot after a row's padding as real
+        self.pos += T  # `valid` already marks every slot after a row's padding as real
 
     def reset(self) -> None:
         self.pos = 0
         self.valid = None
 
-    def expand(self, n: int) -> "KVCache":
+    def expand(self, n: int) -> KVCache:
         """A new cache with each row repeated n times (n samples sharing one prefill)."""
         return self.select(torch.arange(self.batch_size, device=self.k.device).repeat_interleave(n))
 
-    def select(self, rows: torch.Tensor) -> "KVCache":
+    def select(self, rows: torch.Tensor) -> KVCache:
         """A new cache holding the given rows, in that order (beam search reorders rows every step)."""
         new = object.__new__(KVCache)
         new.k, new.v = self.k[:, rows], self.v[:, rows]

@@ -27,22 +27,22 @@ class LoRALinear(nn.Linear):
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
-        self.weight, self.bias = base.weight, base.bias                        # the very same Parameters
+        self.weight, self.bias = base.weight, base.bias  # the very same Parameters
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))                   # as the paper's code and peft
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as the paper's code and peft
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         self.merged = False
         self.train(base.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)                                 # (..., out)
+        y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
             return y
-        a = F.linear(self.lora_dropout(x), self.lora_A)                         # (..., rank)
-        return y + F.linear(a, self.lora_B) * self.scaling                      # (..., out)
+        a = F.linear(self.lora_dropout(x), self.lora_A)  # (..., rank)
+        return y + F.linear(a, self.lora_B) * self.scaling  # (..., out)
 
     def _delta(self) -> torch.Tensor:
         return (self.lora_B.float() @ self.lora_A.float() * self.scaling).to(self.weight.dtype)  # (out, in)
@@ -93,14 +93,19 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     if lora_modules(model):
         raise UserError("LoRA is already applied to this model")
     suffixes = _suffixes(cfg)
-    chosen = {n: m for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and any(n == s or n.endswith("." + s) for s in suffixes)}
+    chosen = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and any(n == s or n.endswith("." + s) for s in suffixes)
+    }
     if not chosen:
         raise UserError(f"no Linear layer matches lora.targets={cfg.targets!r}")
-    for name, m in chosen.items():                           # check them all before changing anything
+    for name, m in chosen.items():  # check them all before changing anything
         if cfg.rank > min(m.in_features, m.out_features):
-            raise UserError(f"lora.rank={cfg.rank} exceeds layer {name} of shape (out, in) = "
-                            f"({m.out_features}, {m.in_features}); use rank <= {min(m.in_features, m.out_features)}")
+            raise UserError(
+                f"lora.rank={cfg.rank} exceeds layer {name} of shape (out, in) = "
+                f"({m.out_features}, {m.in_features}); use rank <= {min(m.in_features, m.out_features)}"
+            )
     for name, m in chosen.items():
         _replace(model, name, LoRALinear(m, cfg.rank, cfg.alpha, cfg.dropout))
     trainable = {id(p) for m in lora_modules(model).values() for p in (m.lora_A, m.lora_B)}

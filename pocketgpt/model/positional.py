@@ -15,8 +15,6 @@ What does not live here: attention itself (gpt.py applies the rotation with `app
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
@@ -38,9 +36,9 @@ class Learned(nn.Embedding):
 
 def sinusoidal_table(n_pos: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     """The closed-form table, (n_pos, dim), sin at even and cos at odd columns."""
-    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]             # (P, 1)
-    two_i = torch.arange(0, dim, 2, dtype=torch.float64)[None, :]        # (1, d/2)
-    angle = pos / base ** (two_i / dim)                                  # (P, d/2)
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]  # (P, 1)
+    two_i = torch.arange(0, dim, 2, dtype=torch.float64)[None, :]  # (1, d/2)
+    angle = pos / base ** (two_i / dim)  # (P, d/2)
     table = torch.empty(n_pos, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(angle)
     table[:, 1::2] = torch.cos(angle)
@@ -69,7 +67,7 @@ class Rotary(nn.Module):
         hs = cfg.head_dim
         inv_freq = cfg.rope_base ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs/2,)
         angle = torch.arange(cfg.block_size, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (P, hs/2)
-        angle = torch.cat([angle, angle], dim=-1)                                            # (P, hs)
+        angle = torch.cat([angle, angle], dim=-1)  # (P, hs)
         self.register_buffer("cos", angle.cos().float(), persistent=False)
         self.register_buffer("sin", angle.sin().float(), persistent=False)
 
@@ -80,12 +78,12 @@ class Rotary(nn.Module):
         return self.cos[pos], self.sin[pos]  # (T, hs) each, or (B, T, hs) for per-row positions
 
 
-def apply_rotary(x: torch.Tensor, rot: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Rotate q or k, (B, nh, T, hs), by the angles in `rot`; identity when rot is None."""
     if rot is None:
         return x
     cos, sin = rot
-    if cos.dim() == 3:                       # per-row positions: (B, T, hs) -> (B, 1, T, hs)
+    if cos.dim() == 3:  # per-row positions: (B, T, hs) -> (B, 1, T, hs)
         cos, sin = cos[:, None], sin[:, None]
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # (B, nh, T, hs)

@@ -13,6 +13,7 @@ from pocketgpt.serve.protocol import APIError, ServeLimits
 def __getattr__(name: str):
     if name in ("create_app", "serve"):
         from pocketgpt.serve import app
+
         return getattr(app, name)
     raise AttributeError(f"module 'pocketgpt.serve' has no attribute {name!r}")
 

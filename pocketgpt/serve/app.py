@@ -22,13 +22,12 @@ import json
 import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint
@@ -39,13 +38,16 @@ from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, Sc
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 
-DRAIN_BYTES = 16 << 20          # an oversized body is read (and dropped) up to this, so the client sees the 413
+DRAIN_BYTES = 16 << 20  # an oversized body is read (and dropped) up to this, so the client sees the 413
 STATIC = Path(__file__).with_name("static")
-PAGE_FILES = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}   # all it serves
-PAGE_HEADERS = {                # the page loads nothing from elsewhere and runs no inline script
+PAGE_FILES = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}  # all it serves
+PAGE_HEADERS = {  # the page loads nothing from elsewhere and runs no inline script
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def model_id(ckpt: Checkpoint) -> str:
@@ -54,8 +56,7 @@ def model_id(ckpt: Checkpoint) -> str:
     return p.parent.name if p.name.startswith("ckpt-") and p.parent.name else p.name
 
 
-def serve_config(config: Optional[ServeConfig] = None, *, limits: Optional[ServeConfig] = None,
-                 **overrides) -> ServeConfig:
+def serve_config(config: ServeConfig | None = None, *, limits: ServeConfig | None = None, **overrides) -> ServeConfig:
     """`config` (or `limits`, its old name) with the fields named in `overrides` replaced; checked again."""
     if config is not None and limits is not None:
         raise TypeError("give config or limits (its old name), not both")
@@ -77,32 +78,39 @@ class Served:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise APIError(401, "You didn't provide an API key: send the header 'Authorization: Bearer KEY'.",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise APIError(
+                401,
+                "You didn't provide an API key: send the header 'Authorization: Bearer KEY'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if not hmac.compare_digest(given.strip().encode(), self._key):
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise APIError(
+                401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     def model_card(self) -> dict:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "pocketgpt"}
 
 
-def create_app(checkpoint, config: Optional[ServeConfig] = None, *, limits: Optional[ServeConfig] = None,
-               **overrides) -> FastAPI:
+def create_app(
+    checkpoint, config: ServeConfig | None = None, *, limits: ServeConfig | None = None, **overrides
+) -> FastAPI:
     """An app serving a checkpoint (a path, or a loaded `Checkpoint`); its scheduler runs while the app does.
 
     `config` holds the key, limits, device and dtype (host and port matter only to `serve`); keyword arguments
     replace its fields: `create_app(path, api_key="k", dtype="float32")`.
     """
-    from pocketgpt.device import pick_device, pick_dtype
+    from pocketgpt.device import pick_dtype, setup_runtime
+
     cfg = serve_config(config, limits=limits, **overrides)
-    if isinstance(checkpoint, Checkpoint):
+    if isinstance(checkpoint, Checkpoint):  # already loaded: it stays where it is
         ckpt = checkpoint
         dev = next(ckpt.model.parameters()).device
+        dtype = pick_dtype(cfg.dtype, dev)
     else:
-        dev = pick_device(cfg.device)
+        dev, dtype = setup_runtime(cfg, verbose=False)
         ckpt = load_checkpoint(checkpoint, device=dev)
-    engine = Engine(ckpt.model, device=dev, dtype=pick_dtype(cfg.dtype, dev))
+    engine = Engine(ckpt.model, device=dev, dtype=dtype)
     scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
 
@@ -138,7 +146,7 @@ def create_app(checkpoint, config: Optional[ServeConfig] = None, *, limits: Opti
 
     @app.get("/static/{name}")
     async def page_file(name: str):
-        if name not in PAGE_FILES:                        # a fixed list: no path from the request reaches the disk
+        if name not in PAGE_FILES:  # a fixed list: no path from the request reaches the disk
             raise StarletteHTTPException(404)
         return _page_file(name, PAGE_FILES[name])
 
@@ -161,8 +169,12 @@ def _page_file(name: str, media_type: str) -> FileResponse:
 
 
 def _unknown_model(name: str, served: str) -> APIError:
-    return APIError(404, f"The model '{name[:100]}' does not exist; this server serves '{served}'.",
-                    param="model", code="model_not_found")
+    return APIError(
+        404,
+        f"The model '{name[:100]}' does not exist; this server serves '{served}'.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -176,15 +188,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        message = {404: f"Unknown route {request.method} {request.url.path[:200]}",
-                   405: f"Method {request.method} is not allowed on {request.url.path[:200]}"}.get(exc.status_code,
-                                                                                                 "request refused")
+        message = {
+            404: f"Unknown route {request.method} {request.url.path[:200]}",
+            405: f"Method {request.method} is not allowed on {request.url.path[:200]}",
+        }.get(exc.status_code, "request refused")
         body = APIError(exc.status_code, message).body()
         body["error"]["type"] = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):      # a bug: say so, leak nothing
+    async def internal_error(request: Request, exc: Exception):  # a bug: say so, leak nothing
         return JSONResponse(APIError(500, "internal server error").body(), status_code=500)
 
 
@@ -207,13 +220,16 @@ async def read_json(request: Request, limit: int):
     except ClientDisconnect:
         raise bad("the client went away while sending the body") from None
     if too_big:
-        raise APIError(413, f"The request body is larger than this server's limit of {limit} bytes.",
-                       code="request_too_large")
+        raise APIError(
+            413, f"The request body is larger than this server's limit of {limit} bytes.", code="request_too_large"
+        )
     try:
         return json.loads(bytes(data))
     except (ValueError, RecursionError):
-        raise bad("We could not parse the JSON body of your request: send a JSON object with "
-                  "'Content-Type: application/json'.") from None
+        raise bad(
+            "We could not parse the JSON body of your request: send a JSON object with "
+            "'Content-Type: application/json'."
+        ) from None
 
 
 async def _complete(request: Request, served: Served, *, chat: bool):
@@ -225,10 +241,13 @@ async def _complete(request: Request, served: Served, *, chat: bool):
     job = parse_job(body, served.tokenizer, served.block_size, served.limits, chat=chat, template=served.template)
     handles = _submit(job, served)
     reply = Reply(chat, served.name)
-    if job.stream:                # the background task frees the rows of a client that left before the body started
-        return StreamingResponse(_stream(job, handles, reply, served), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(_cancel_all, handles))
+    if job.stream:  # the background task frees the rows of a client that left before the body started
+        return StreamingResponse(
+            _stream(job, handles, reply, served),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(_cancel_all, handles),
+        )
     return await _collect(job, handles, reply, served, request)
 
 
@@ -237,14 +256,19 @@ def _submit(job: Job, served: Served) -> list[RequestHandle]:
     loop = asyncio.get_running_loop()
     handles: list[RequestHandle] = []
     try:
-        for ids in job.prompts:                      # choice index = prompt index * n + sample index
-            handles += served.scheduler.submit_all(ids, job.sample, job.stop_ids, loop=loop,
-                                                   should_stop=stop_check(served.tokenizer, job.sample.stop))
+        for ids in job.prompts:  # choice index = prompt index * n + sample index
+            handles += served.scheduler.submit_all(
+                ids, job.sample, job.stop_ids, loop=loop, should_stop=stop_check(served.tokenizer, job.sample.stop)
+            )
     except QueueFull:
         for h in handles:
             h.cancel()
-        raise APIError(429, "The server is busy: too many requests are waiting. Retry shortly.", code="queue_full",
-                       headers={"Retry-After": "1"}) from None
+        raise APIError(
+            429,
+            "The server is busy: too many requests are waiting. Retry shortly.",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
     except SchedulerClosed:
         for h in handles:
             h.cancel()
@@ -262,7 +286,7 @@ async def merged(handles: list[RequestHandle]):
             async for t in h:
                 q.put_nowait((i, t))
             q.put_nowait((i, None))
-        except Exception as e:                            # the scheduler failed this sequence
+        except Exception as e:  # the scheduler failed this sequence
             q.put_nowait((i, e))
 
     tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
@@ -307,7 +331,7 @@ async def _collect(job: Job, handles: list[RequestHandle], reply: Reply, served:
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             if not task.done() and await request.is_disconnected():
-                return Response(status_code=499)          # the client left: run()'s cleanup cancels its rows
+                return Response(status_code=499)  # the client left: run()'s cleanup cancels its rows
         try:
             task.result()
         except RuntimeError as e:
@@ -316,8 +340,15 @@ async def _collect(job: Job, handles: list[RequestHandle], reply: Reply, served:
         task.cancel()
         for h in handles:
             h.cancel()
-    choices = [{"index": i, "text": t.text, "finish_reason": _finish_reason(t, h),
-                "logprobs": reply.logprobs(tok, t, job.logprobs)} for i, (t, h) in enumerate(zip(texts, handles))]
+    choices = [
+        {
+            "index": i,
+            "text": t.text,
+            "finish_reason": _finish_reason(t, h),
+            "logprobs": reply.logprobs(tok, t, job.logprobs),
+        }
+        for i, (t, h) in enumerate(zip(texts, handles))
+    ]
     used = usage(sum(len(p) for p in job.prompts), sum(h.completion_tokens for h in handles))
     return JSONResponse(reply.full(choices, used))
 
@@ -346,39 +377,58 @@ async def _stream(job: Job, handles: list[RequestHandle], reply: Reply, served: 
         if inc:
             yield reply.usage_chunk(usage(sum(len(p) for p in job.prompts), sum(h.completion_tokens for h in handles)))
         yield DONE
-    except RuntimeError as e:                             # the scheduler failed: say so in the stream
+    except RuntimeError as e:  # the scheduler failed: say so in the stream
         yield sse(APIError(500, str(e)).body())
     finally:
         await stream.aclose()
 
 
-def serve(checkpoint, config: Optional[ServeConfig] = None, *, limits: Optional[ServeConfig] = None,
-          log_level: str = "info", **overrides) -> None:
+def serve(
+    checkpoint,
+    config: ServeConfig | None = None,
+    *,
+    limits: ServeConfig | None = None,
+    log_level: str = "info",
+    **overrides,
+) -> None:
     """Load the checkpoint and serve it with uvicorn until interrupted (loopback only unless the host says).
 
     Once the server listens it prints the chat page's URL and the API's base URL."""
     import uvicorn
+
     cfg = serve_config(config, limits=limits, **overrides)
     if not _loopback(cfg.host):
-        warnings.warn(f"serving on {cfg.host}: other machines can reach this server"
-                      + ("" if cfg.api_key else "; set --api-key to require a key"))
+        warnings.warn(
+            f"serving on {cfg.host}: other machines can reach this server"
+            + ("" if cfg.api_key else "; set --api-key to require a key"),
+            stacklevel=2,
+        )
     app = create_app(checkpoint, cfg)
     banner = startup_message(app.state.served.name, cfg.host, cfg.port)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
-            if self.started:                              # listening now: the URLs work
+            if self.started:  # listening now: the URLs work
                 print(banner, flush=True)
 
     in_flight = max(64, 4 * (cfg.max_batch + cfg.max_queue))
-    server = Server(uvicorn.Config(InFlightLimit(app, in_flight), host=cfg.host, port=cfg.port, log_level=log_level,
-                                   server_header=False, timeout_graceful_shutdown=5, limit_concurrency=2 * in_flight))
+    server = Server(
+        uvicorn.Config(
+            InFlightLimit(app, in_flight),
+            host=cfg.host,
+            port=cfg.port,
+            log_level=log_level,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+            limit_concurrency=2 * in_flight,
+        )
+    )
     try:
         server.run()
     except KeyboardInterrupt:
         pass
-    except SystemExit:                                    # uvicorn's exit when it cannot bind (it logged why)
+    except SystemExit:  # uvicorn's exit when it cannot bind (it logged why)
         if server.started:
             raise
     if not server.started:
@@ -397,8 +447,9 @@ class InFlightLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
-            busy = APIError(429, "The server is busy: too many requests are in flight. Retry shortly.",
-                            code="queue_full")
+            busy = APIError(
+                429, "The server is busy: too many requests are in flight. Retry shortly.", code="queue_full"
+            )
             return await JSONResponse(busy.body(), 429, headers={"Retry-After": "1"})(scope, receive, send)
         self.active += 1
         try:
@@ -411,9 +462,7 @@ def startup_message(name: str, host: str, port: int) -> str:
     """What `pocketgpt serve` prints once it listens: the chat page's URL and the OpenAI base URL."""
     base = f"http://{_url_host(host)}:{port}"
     where = " (all interfaces)" if _unspecified(host) else ""
-    return (f"pocketgpt: serving {name} on {host}:{port}{where}\n"
-            f"  chat page:    {base}/\n"
-            f"  API base URL: {base}/v1")
+    return f"pocketgpt: serving {name} on {host}:{port}{where}\n  chat page:    {base}/\n  API base URL: {base}/v1"
 
 
 def _url_host(host: str) -> str:

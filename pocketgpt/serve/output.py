@@ -12,7 +12,6 @@ import codecs
 import json
 import time
 import uuid
-from typing import Optional
 
 from pocketgpt.generate.scheduler import Token
 from pocketgpt.generate.text import StopMatcher
@@ -34,6 +33,7 @@ def stop_check(tokenizer, stops: tuple[str, ...]):
         before = len(buf)
         buf += token_bytes(tokenizer, tokens[-1])
         return matcher.find(bytes(buf), before) >= 0
+
     return should_stop
 
 
@@ -43,12 +43,12 @@ class ChoiceText:
     def __init__(self, tokenizer, stops: tuple[str, ...]):
         self.tokenizer, self.matcher = tokenizer, StopMatcher(stops)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.buf, self.sent = bytearray(), 0         # sent: bytes of buf already handed to the decoder
-        self.stopped = False                         # ended (a stop string, or flushed): nothing more is sent
-        self.hit_stop = False                        # a stop string ended it
-        self.tokens: list[Token] = []                # tokens whose text starts before any stop string
-        self.starts: list[int] = []                  # byte offset of each kept token in the text
-        self.text = ""                               # everything sent so far
+        self.buf, self.sent = bytearray(), 0  # sent: bytes of buf already handed to the decoder
+        self.stopped = False  # ended (a stop string, or flushed): nothing more is sent
+        self.hit_stop = False  # a stop string ended it
+        self.tokens: list[Token] = []  # tokens whose text starts before any stop string
+        self.starts: list[int] = []  # byte offset of each kept token in the text
+        self.text = ""  # everything sent so far
 
     def feed(self, tok: Token) -> str:
         if self.stopped:
@@ -61,14 +61,14 @@ class ChoiceText:
             cut = self.matcher.find(bytes(self.buf), before)
             if cut >= 0:
                 self.stopped = self.hit_stop = True
-                while self.starts and self.starts[-1] >= cut:      # tokens that only hold the stop string
+                while self.starts and self.starts[-1] >= cut:  # tokens that only hold the stop string
                     self.starts.pop()
                     self.tokens.pop()
-                return self._send(self.decoder.decode(bytes(self.buf[self.sent:cut]), final=True))
+                return self._send(self.decoder.decode(bytes(self.buf[self.sent : cut]), final=True))
         safe = len(self.buf) - (self.matcher.hold(bytes(self.buf)) if self.matcher.stops else 0)
         if safe <= self.sent:
             return ""
-        piece = self.decoder.decode(bytes(self.buf[self.sent:safe]))
+        piece = self.decoder.decode(bytes(self.buf[self.sent : safe]))
         self.sent = safe
         return self._send(piece)
 
@@ -77,7 +77,7 @@ class ChoiceText:
         if self.stopped:
             return ""
         self.stopped = True
-        return self._send(self.decoder.decode(bytes(self.buf[self.sent:]), final=True))
+        return self._send(self.decoder.decode(bytes(self.buf[self.sent :]), final=True))
 
     def _send(self, piece: str) -> str:
         self.text += piece
@@ -92,19 +92,31 @@ def _entry(tokenizer, tid: int, lp: float) -> dict:
 
 def chat_logprobs(tokenizer, tokens: list[Token]) -> dict:
     """Chat shape: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}."""
-    return {"content": [{**_entry(tokenizer, t.id, t.logprob),
-                         "top_logprobs": [_entry(tokenizer, i, lp) for i, lp in t.top_logprobs or []]}
-                        for t in tokens], "refusal": None}
+    return {
+        "content": [
+            {
+                **_entry(tokenizer, t.id, t.logprob),
+                "top_logprobs": [_entry(tokenizer, i, lp) for i, lp in t.top_logprobs or []],
+            }
+            for t in tokens
+        ],
+        "refusal": None,
+    }
 
 
 def text_logprobs(tokenizer, tokens: list[Token], starts: list[int], text: bytes = b"") -> dict:
     """Completions shape: parallel lists tokens / token_logprobs / top_logprobs / text_offset (characters into
     the generated `text`, given as bytes, at which each token starts)."""
+
     def s(tid):
         return token_bytes(tokenizer, tid).decode("utf-8", "replace")
-    return {"tokens": [s(t.id) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [{s(i): lp for i, lp in t.top_logprobs or []} for t in tokens],
-            "text_offset": [len(text[:o].decode("utf-8", "replace")) for o in starts]}
+
+    return {
+        "tokens": [s(t.id) for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [{s(i): lp for i, lp in t.top_logprobs or []} for t in tokens],
+        "text_offset": [len(text[:o].decode("utf-8", "replace")) for o in starts],
+    }
 
 
 # --- response objects ----------------------------------------------------------------------------------
@@ -117,10 +129,9 @@ class Reply:
         self.created = int(time.time())
 
     def _head(self, obj: str) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": None}
 
-    def logprobs(self, tokenizer, choice: ChoiceText, want: Optional[int], last: bool = False) -> Optional[dict]:
+    def logprobs(self, tokenizer, choice: ChoiceText, want: int | None, last: bool = False) -> dict | None:
         """The choice's log-probabilities in this endpoint's shape (None when not asked for); `last`: only
         its newest token (one streamed chunk)."""
         if want is None:
@@ -135,16 +146,35 @@ class Reply:
         out = []
         for c in choices:
             if self.chat:
-                out.append({"index": c["index"], "message": {"role": "assistant", "content": c["text"],
-                                                             "refusal": None},
-                            "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]})
+                out.append(
+                    {
+                        "index": c["index"],
+                        "message": {"role": "assistant", "content": c["text"], "refusal": None},
+                        "logprobs": c["logprobs"],
+                        "finish_reason": c["finish_reason"],
+                    }
+                )
             else:
-                out.append({"index": c["index"], "text": c["text"], "logprobs": c["logprobs"],
-                            "finish_reason": c["finish_reason"]})
+                out.append(
+                    {
+                        "index": c["index"],
+                        "text": c["text"],
+                        "logprobs": c["logprobs"],
+                        "finish_reason": c["finish_reason"],
+                    }
+                )
         return {**self._head("chat.completion" if self.chat else "text_completion"), "choices": out, "usage": usage}
 
-    def chunk(self, index: int, text: Optional[str], finish: Optional[str] = None, logprobs=None,
-              first: bool = False, usage: Optional[dict] = None, include_usage: bool = False) -> str:
+    def chunk(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None = None,
+        logprobs=None,
+        first: bool = False,
+        usage: dict | None = None,
+        include_usage: bool = False,
+    ) -> str:
         """One SSE event: a piece of choice `index` (text None: only the finish_reason)."""
         if self.chat:
             delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
@@ -157,13 +187,17 @@ class Reply:
         return sse(obj)
 
     def usage_chunk(self, usage: dict) -> str:
-        return sse({**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [],
-                    "usage": usage})
+        return sse(
+            {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [], "usage": usage}
+        )
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def sse(obj) -> str:

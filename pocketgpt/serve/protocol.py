@@ -10,54 +10,90 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from pocketgpt.config import SampleConfig, ServeConfig
 from pocketgpt.errors import UserError
 from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
 
-
-ServeLimits = ServeConfig     # the old name of the server's settings, kept for callers that import it from here
+ServeLimits = ServeConfig  # the old name of the server's settings, kept for callers that import it from here
 
 
 class APIError(Exception):
     """An error the client sees as {"error": {"message", "type", "param", "code"}} with an HTTP status."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "server_error",
+    }
 
-    def __init__(self, status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 headers: Optional[dict] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "server_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
-def bad(message: str, param: Optional[str] = None, code: Optional[str] = None) -> APIError:
+def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
 @dataclass
 class Job:
     """One checked request: prompts as token ids, the sampling settings, and how to answer."""
+
     chat: bool
     prompts: list[list[int]]
-    sample: SampleConfig                    # num_samples = n; stop = the stop strings
+    sample: SampleConfig  # num_samples = n; stop = the stop strings
     stop_ids: list[int]
     stream: bool = False
     include_usage: bool = False
-    logprobs: Optional[int] = None          # None: off; else the number of alternatives per token
+    logprobs: int | None = None  # None: off; else the number of alternatives per token
 
 
-COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
-          "frequency_penalty", "logit_bias", "logprobs", "stream", "stream_options", "user",
-          "top_k", "min_p", "repetition_penalty"}            # the last three: extensions (as vLLM accepts)
+COMMON = {
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "stream",
+    "stream_options",
+    "user",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+}  # the last three: extensions (as vLLM accepts)
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
-CHAT = COMMON | IGNORED | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
-                           "tool_choice"}
+CHAT = (
+    COMMON | IGNORED | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice"}
+)
 TEXT = COMMON | IGNORED | {"prompt", "echo", "suffix", "best_of"}
 
 
@@ -74,7 +110,7 @@ def _number(body: dict, name: str, lo: float, hi: float, default):
     return float(v)
 
 
-def _integer(body: dict, name: str, lo: int, hi: Optional[int], default):
+def _integer(body: dict, name: str, lo: int, hi: int | None, default):
     v = body.get(name)
     if v is None:
         return default
@@ -91,8 +127,9 @@ def _flag(body: dict, name: str) -> bool:
     return bool(v)
 
 
-def parse_job(body: Any, tokenizer, block_size: int, limits: ServeConfig, *, chat: bool,
-              template: Optional[str] = None) -> Job:
+def parse_job(
+    body: Any, tokenizer, block_size: int, limits: ServeConfig, *, chat: bool, template: str | None = None
+) -> Job:
     """Check a request body and turn it into a Job; APIError (400) names the first bad parameter."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
@@ -106,9 +143,12 @@ def parse_job(body: Any, tokenizer, block_size: int, limits: ServeConfig, *, cha
     prompts = _chat_prompt(body, tokenizer, template) if chat else _text_prompts(body, tokenizer)
     for ids in prompts:
         if len(ids) > max_prompt:
-            raise bad(f"This model's maximum context length is {block_size} tokens and this server takes prompts of "
-                      f"at most {max_prompt} tokens; your prompt has {len(ids)} tokens.",
-                      "messages" if chat else "prompt", "context_length_exceeded")
+            raise bad(
+                f"This model's maximum context length is {block_size} tokens and this server takes prompts of "
+                f"at most {max_prompt} tokens; your prompt has {len(ids)} tokens.",
+                "messages" if chat else "prompt",
+                "context_length_exceeded",
+            )
     name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, name, 1, None, limits.max_tokens)
     if max_tokens > limits.max_tokens:
@@ -118,14 +158,16 @@ def parse_job(body: Any, tokenizer, block_size: int, limits: ServeConfig, *, cha
         raise bad(f"{len(prompts)} prompts x n={n} sequences exceed this server's queue of {limits.max_queue}", "n")
     temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
     top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
-    if top_p == 0.0:                                         # only the most likely token survives: greedy
+    if top_p == 0.0:  # only the most likely token survives: greedy
         temperature, top_p = 0.0, 1.0
     seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1, None)
     stream = _flag(body, "stream")
     options = body.get("stream_options")
     if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
-        raise bad("stream_options must be an object {\"include_usage\": bool}, and only given with stream=true",
-                  "stream_options")
+        raise bad(
+            'stream_options must be an object {"include_usage": bool}, and only given with stream=true',
+            "stream_options",
+        )
     include_usage = _flag(options or {}, "include_usage")
     logprobs, top = _logprobs(body, chat)
     if not chat:
@@ -141,42 +183,52 @@ def parse_job(body: Any, tokenizer, block_size: int, limits: ServeConfig, *, cha
                 raise bad(f"{k}: this model cannot call tools", k)
         fmt = body.get("response_format")
         if fmt is not None and fmt != {"type": "text"}:
-            raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
+            raise bad('response_format: only {"type": "text"} is supported', "response_format")
     try:
         sample = SampleConfig(
-            max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            top_k=_integer(body, "top_k", 0, None, 0), min_p=_number(body, "min_p", 0.0, 1.0, 0.0),
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=_integer(body, "top_k", 0, None, 0),
+            min_p=_number(body, "min_p", 0.0, 1.0, 0.0),
             repetition_penalty=_number(body, "repetition_penalty", 0.01, 100.0, 1.0),
             frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
             presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
-            logit_bias=_logit_bias(body, tokenizer.n_vocab), seed=None if seed is None else seed % (1 << 62),
-            num_samples=n, logprobs=logprobs, top_logprobs=top, stop=_stops(body))
-    except UserError as e:                                    # a combination SampleConfig refuses
+            logit_bias=_logit_bias(body, tokenizer.n_vocab),
+            seed=None if seed is None else seed % (1 << 62),
+            num_samples=n,
+            logprobs=logprobs,
+            top_logprobs=top,
+            stop=_stops(body),
+        )
+    except UserError as e:  # a combination SampleConfig refuses
         raise bad(str(e)) from None
     stop_ids = stop_token_ids(tokenizer) if chat else [tokenizer.eot_id]
     return Job(chat, prompts, sample, stop_ids, stream, include_usage, top if logprobs else None)
 
 
-def _chat_prompt(body: dict, tokenizer, template: Optional[str]) -> list[list[int]]:
+def _chat_prompt(body: dict, tokenizer, template: str | None) -> list[list[int]]:
     problem = chat_problem(tokenizer, template)
     if problem:
         lacks = "lacks" in problem
-        raise bad(problem + ("; use /v1/completions" if lacks else ""), "messages",
-                  "chat_not_supported" if lacks else None)
+        raise bad(
+            problem + ("; use /v1/completions" if lacks else ""), "messages", "chat_not_supported" if lacks else None
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise bad("messages must be a non-empty list of {\"role\", \"content\"} objects", "messages")
+        raise bad('messages must be a non-empty list of {"role", "content"} objects', "messages")
     clean = []
     for k, m in enumerate(messages):
         if not isinstance(m, dict):
             raise bad(f"messages[{k}] must be an object", "messages")
         m = {key: v for key, v in m.items() if v is not None}
-        if m.get("role") == "developer":                     # newer clients' name for the system message
+        if m.get("role") == "developer":  # newer clients' name for the system message
             m["role"] = "system"
         content = m.get("content", "")
-        if isinstance(content, list):                        # [{"type": "text", "text": ...}, ...]
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 raise bad(f"messages[{k}].content: only text parts are supported", "messages")
             content = "".join(p["text"] for p in content)
         m["content"] = content
@@ -213,13 +265,16 @@ def _stops(body: dict) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and 0 < len(s) <= 200
-                                                                  for s in stops):
+    if (
+        not isinstance(stops, list)
+        or len(stops) > 4
+        or not all(isinstance(s, str) and 0 < len(s) <= 200 for s in stops)
+    ):
         raise bad("stop must be a non-empty string or a list of at most 4 of them (200 characters at most)", "stop")
     return tuple(stops)
 
 
-def _logit_bias(body: dict, n_vocab: int) -> Optional[dict[int, float]]:
+def _logit_bias(body: dict, n_vocab: int) -> dict[int, float] | None:
     lb = body.get("logit_bias")
     if lb is None:
         return None
@@ -228,8 +283,11 @@ def _logit_bias(body: dict, n_vocab: int) -> Optional[dict[int, float]]:
     out = {}
     for k, v in lb.items():
         if not (isinstance(k, str) and k.isdigit() and int(k) < n_vocab) or not _is_num(v) or not -100 <= v <= 100:
-            raise bad(f"logit_bias: {k!r:.30} -> {v!r:.30}: keys are token ids in 0..{n_vocab - 1}, values numbers "
-                      "in [-100, 100]", "logit_bias")
+            raise bad(
+                f"logit_bias: {k!r:.30} -> {v!r:.30}: keys are token ids in 0..{n_vocab - 1}, values numbers "
+                "in [-100, 100]",
+                "logit_bias",
+            )
         out[int(k)] = float(v)
     return out or None
 

@@ -277,7 +277,9 @@ class Tokenizer:
         `allowed_special` (a set of them, or "all"). Exact inverse: `decode`."""
         return self._encode_one(text, self._allowed(allowed_special))
 
-    def encode_batch(self, texts: list[str], allowed_special=frozenset(), num_threads: int | None = None) -> list[list[int]]:
+    def encode_batch(
+        self, texts: list[str], allowed_special=frozenset(), num_threads: int | None = None
+    ) -> list[list[int]]:
         """`encode` over many texts; BPE kinds run tiktoken on threads (it releases the GIL)."""
         if isinstance(texts, str):
             raise UserError("encode_batch expects a list of str, got one str (use encode)")

@@ -72,9 +72,7 @@ class CharCodec:
                 raise UserError(f"char token {i} repeats {c!r} (already id {self._lut[c]})")
             self._lut[c] = i
 
-    def encode(
-        self, text: str, special: re.Pattern[str] | None, special_ids: dict[str, int]
-    ) -> list[int]:
+    def encode(self, text: str, special: re.Pattern[str] | None, special_ids: dict[str, int]) -> list[int]:
         """`special` matches the allowed special strings (None: none allowed)."""
         if special is None:
             return self._plain(text)

@@ -34,8 +34,7 @@ def validate_messages(messages, *, where: str = "", need_assistant: bool = False
     """
     at = f"{where}: " if where else ""
     if not isinstance(messages, (list, tuple)):
-        raise UserError(f"{at}messages must be a list of {{\"role\", \"content\"}} objects, "
-                        f"got {type(messages).__name__}")
+        raise UserError(f'{at}messages must be a list of {{"role", "content"}} objects, got {type(messages).__name__}')
     if not messages:
         raise UserError(f"{at}messages is an empty list; give at least one message")
     out = []
@@ -74,8 +73,10 @@ def _chat_ids(tokenizer) -> dict[str, int]:
     """Special string -> id for EOT and the chat tokens; UserError if the tokenizer lacks any."""
     missing = [s for s in CHAT_TOKENS if s not in tokenizer.special_tokens]
     if missing:
-        raise UserError(f"the tokenizer lacks the chat special tokens {missing}; "
-                        "use tokenizer.with_chat_specials() (and give the model embedding rows for them)")
+        raise UserError(
+            f"the tokenizer lacks the chat special tokens {missing}; "
+            "use tokenizer.with_chat_specials() (and give the model embedding rows for them)"
+        )
     return {s: tokenizer.special_tokens[s] for s in (EOT, *CHAT_TOKENS)}
 
 
@@ -83,10 +84,10 @@ def _render(messages, tokenizer) -> tuple[list[int], list[int]]:
     sp = _chat_ids(tokenizer)
     ids, mask = [sp[EOT]], [0]
     for m in messages:
-        content = tokenizer.encode(m["content"])           # special strings stay ordinary text
+        content = tokenizer.encode(m["content"])  # special strings stay ordinary text
         learn = 1 if m["role"] == "assistant" else 0
         ids += [sp[ROLE_TOKENS[m["role"]]], *content, sp[END]]
-        mask += [0, *[learn] * len(content), learn]        # the answer and the <|end|> that closes it
+        mask += [0, *[learn] * len(content), learn]  # the answer and the <|end|> that closes it
     return ids, mask
 
 

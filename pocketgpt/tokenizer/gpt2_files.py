@@ -201,8 +201,6 @@ def recover_merges(mergeable: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-
-
 def write_gpt2_files(
     tokens: list[bytes | None], mergeable: dict[bytes, int], specials: dict[str, int], directory
 ) -> None:

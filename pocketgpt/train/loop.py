@@ -16,9 +16,9 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -42,8 +42,12 @@ class LoopResult:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-             "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": list(random.getstate()[1]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -75,8 +79,10 @@ class _StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
-                   "(Ctrl-C again to abort)")
+        tqdm.write(
+            f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+            "(Ctrl-C again to abort)"
+        )
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -91,17 +97,27 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path | str, *,
-               save: Callable[[str, int, dict], None], evaluate: Optional[Callable[[], dict]] = None,
-               resume_state: Optional[dict] = None, device: torch.device = torch.device("cpu"),
-               dtype: torch.dtype = torch.float32, flops_per_token: float = 0.0,
-               peak_flops: float = 0.0) -> LoopResult:
+def train_loop(
+    model: torch.nn.Module,
+    batches,
+    cfg: TrainConfig,
+    run_dir: Path | str,
+    *,
+    save: Callable[[str, int, dict], None],
+    evaluate: Callable[[], dict] | None = None,
+    resume_state: dict | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    flops_per_token: float = 0.0,
+    peak_flops: float = 0.0,
+) -> LoopResult:
     """Train `model` from step 0 (or from `resume_state`, a checkpoint's training state) to cfg.max_steps.
 
     `save(name, step, train_state)` writes a checkpoint (the caller knows the tokenizer and extra metadata).
     `evaluate()` returns a dict of validation metrics (e.g. {"val_loss", "val_bpb"}).
     """
     run_dir = Path(run_dir)
+    device = device if device is not None else torch.device("cpu")
     metrics_path = run_dir / METRICS
     optimizer = build_optimizer(model, cfg, device)
     step = 0
@@ -109,16 +125,21 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
         optimizer.load_state_dict(resume_state["optimizer"])
         set_rng_state(resume_state["rng"])
         step = int(resume_state["step"])
-    _truncate_metrics(metrics_path, step)          # forget lines from after the checkpoint (or from a dead run)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size   # an upper bound with padding
-    time_before = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0   # training seconds so far
+    _truncate_metrics(metrics_path, step)  # forget lines from after the checkpoint (or from a dead run)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size  # an upper bound with padding
+    time_before = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training seconds so far
     model.train()
     model.activation_checkpointing = cfg.activation_checkpointing
     compiled = torch.compile(model) if cfg.compile else model
 
     def train_state() -> dict:
-        return {"optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step,
-                "data": batches.state_dict(), "elapsed": time.perf_counter() - t_start + time_before}
+        return {
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "step": step,
+            "data": batches.state_dict(),
+            "elapsed": time.perf_counter() - t_start + time_before,
+        }
 
     def do_eval() -> dict:
         if evaluate is None:
@@ -129,8 +150,7 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
 
     last_saved, last_eval, loss_val, tok_s = step, {}, float("nan"), 0.0
     interrupted = False
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=None)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=None)
     with _StopFlag() as stop, open(metrics_path, "a") as log:
         t_start = t_last = t_step = time.perf_counter()
         steps_since = 0
@@ -140,15 +160,18 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                batch = batches.get(step, micro)                   # (x, y) for language modelling; more for others
+                batch = batches.get(step, micro)  # (x, y) for language modelling; more for others
                 with autocast(device, dtype):
                     _, loss = compiled(*batch)
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"loss became {loss_sum} at step {step}; lower train.lr (now {cfg.lr})")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item() \
-                if cfg.grad_clip > 0 else float("nan")
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+                if cfg.grad_clip > 0
+                else float("nan")
+            )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -168,19 +191,31 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
 
             record = None
             if cfg.log_every and step % cfg.log_every == 0:
-                record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s,
-                          "tokens": step * tokens_per_step, "step_time": step_time}
+                record = {
+                    "step": step,
+                    "loss": loss_val,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_sec": tok_s,
+                    "tokens": step * tokens_per_step,
+                    "step_time": step_time,
+                }
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
                 t_eval = time.perf_counter()
                 last_eval = do_eval()
-                record = {**(record or {"step": step, "loss": loss_val, "lr": lr, "tokens": step * tokens_per_step}),
-                          **last_eval, "eval_time": time.perf_counter() - t_eval}
+                record = {
+                    **(record or {"step": step, "loss": loss_val, "lr": lr, "tokens": step * tokens_per_step}),
+                    **last_eval,
+                    "eval_time": time.perf_counter() - t_eval,
+                }
                 if last_eval:
-                    tqdm.write("step {:>6d} | train loss {:.4f} | ".format(step, loss_val)
-                               + " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
+                    tqdm.write(
+                        f"step {step:>6d} | train loss {loss_val:.4f} | "
+                        + " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float))
+                    )
             if record is not None:
-                record["elapsed"] = time.perf_counter() - t_start    # wall seconds since this process began training
-                record["time"] = time.time()                          # unix time: lines up with other processes' clocks
+                record["elapsed"] = time.perf_counter() - t_start  # wall seconds since this process began training
+                record["time"] = time.time()  # unix time: lines up with other processes' clocks
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if stop.requested:
@@ -194,9 +229,10 @@ def train_loop(model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path 
                 save(f"ckpt-{step:07d}", step, train_state())
                 last_saved = step
                 break
-            t_step = time.perf_counter()          # step_time measures the training step, not evals or saves
+            t_step = time.perf_counter()  # step_time measures the training step, not evals or saves
     bar.close()
     if interrupted and last_saved != step:
         save(f"ckpt-{step:07d}", step, train_state())
-    return LoopResult(step=step, interrupted=interrupted, train_loss=loss_val, last_eval=last_eval,
-                      tokens_per_sec=tok_s)
+    return LoopResult(
+        step=step, interrupted=interrupted, train_loss=loss_val, last_eval=last_eval, tokens_per_sec=tok_s
+    )

@@ -41,9 +41,9 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     if g.dim() not in (2, 3):
         raise ValueError(f"orthogonalize needs a matrix or a stack of matrices, got shape {tuple(g.shape)}")
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g / (g.norm(dim=(-2, -1), keepdim=True) + eps)          # spectral norm <= Frobenius norm = 1
+    x = g / (g.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm = 1
     tall = x.size(-2) > x.size(-1)
-    if tall:                                                    # iterate on the smaller Gram matrix
+    if tall:  # iterate on the smaller Gram matrix
         x = x.mT
     for _ in range(steps):
         gram = x @ x.mT
@@ -58,8 +58,15 @@ class Muon(torch.optim.Optimizer):
     of one small matmul per layer), in `ns_dtype` (bf16 where the hardware has it, as in the reference).
     """
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0,
-                 ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
         self.ns_dtype = ns_dtype
         for group in self.param_groups:
@@ -84,8 +91,8 @@ class Muon(torch.optim.Optimizer):
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = torch.zeros_like(p)
                     bufs.append(state["momentum_buffer"])
-                torch._foreach_lerp_(bufs, grads, 1 - mom)                          # EMA of gradients
-                nesterov = torch.stack(grads).lerp_(torch.stack(bufs), mom)          # Nesterov look-ahead
+                torch._foreach_lerp_(bufs, grads, 1 - mom)  # EMA of gradients
+                nesterov = torch.stack(grads).lerp_(torch.stack(bufs), mom)  # Nesterov look-ahead
                 updates = orthogonalize(nesterov.to(self.ns_dtype), group["ns_steps"])
                 if wd:
                     torch._foreach_mul_(params, 1 - lr * wd)
@@ -125,7 +132,7 @@ class Optimizers:
 def muon_params(model: nn.Module) -> list[nn.Parameter]:
     """The blocks' 2-D weight matrices: what Muon trains (never embeddings or the output head)."""
     seen, out = set(), []
-    for name, p in model.named_parameters():           # GPT's blocks are transformer.h.N (also inside wrappers)
+    for name, p in model.named_parameters():  # GPT's blocks are transformer.h.N (also inside wrappers)
         if "transformer.h." in name and p.requires_grad and p.dim() == 2 and id(p) not in seen:
             seen.add(id(p))
             out.append(p)
@@ -155,6 +162,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
         g["lr_scale"] = 1.0
     rest = [g for g in rest if g["params"]]
     ns_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
-    muon = Muon([{"params": matrices, "lr_scale": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr,
-                momentum=cfg.muon_momentum, weight_decay=0.0, ns_dtype=ns_dtype)
+    muon = Muon(
+        [{"params": matrices, "lr_scale": cfg.muon_lr / cfg.lr}],
+        lr=cfg.muon_lr,
+        momentum=cfg.muon_momentum,
+        weight_decay=0.0,
+        ns_dtype=ns_dtype,
+    )
     return Optimizers(muon=muon, adamw=_adamw(rest, cfg, device))

@@ -9,27 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from pocketgpt.checkpoint import (load_checkpoint, load_tokenizer, load_train_state, prepare_run_dir,
-                                  save_checkpoint)
-from pocketgpt.fileio import atomic_write
+from pocketgpt.checkpoint import load_checkpoint, load_tokenizer, save_checkpoint
 from pocketgpt.config import TrainRun, to_dict
 from pocketgpt.data.corpus import corpus_fingerprint, iter_documents, split_documents
 from pocketgpt.data.loader import TokenBatches
 from pocketgpt.data.prepare import check_size, prepare
-from pocketgpt.device import setup_device
+from pocketgpt.device import peak_flops
 from pocketgpt.errors import UserError
 from pocketgpt.evaluate import evaluate_tokens
 from pocketgpt.model import GPT
-from pocketgpt.plot import plot_run
 from pocketgpt.tokenizer import Tokenizer
 from pocketgpt.train.loop import LoopResult, train_loop
+from pocketgpt.train.run import finish_run, inherit_saved_config, open_run, resume_state, write_config
 
 
 def cache_dir_for(run: TrainRun) -> Path:
@@ -42,17 +38,25 @@ def load_or_train_tokenizer(run: TrainRun, train_docs=None, verbose: bool = True
     if tcfg.path:
         return load_tokenizer(tcfg.path)
     c = run.corpus
-    key = hashlib.sha256(json.dumps([corpus_fingerprint(run.data, include_source=c.include_source,
-                                                        extensions=c.extensions),
-                                     c.val_fraction, tcfg.kind, tcfg.vocab_size]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                corpus_fingerprint(run.data, include_source=c.include_source, extensions=c.extensions),
+                c.val_fraction,
+                tcfg.kind,
+                tcfg.vocab_size,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     folder = cache_dir_for(run) / f"tokenizer-{key}"
     if (folder / "pocketgpt_tokenizer.json").exists():
         if verbose:
             print(f"tokenizer: using cached {folder}")
         return Tokenizer.load(folder)
     if train_docs is None:
-        train_docs, _ = split_documents(iter_documents(run.data, include_source=c.include_source,
-                                                       extensions=c.extensions), c.val_fraction)
+        train_docs, _ = split_documents(
+            iter_documents(run.data, include_source=c.include_source, extensions=c.extensions), c.val_fraction
+        )
     if verbose:
         print(f"tokenizer: training {tcfg.kind} vocabulary ({tcfg.vocab_size}) on {len(train_docs)} documents")
     tok = Tokenizer.train((d.text for d in train_docs), vocab_size=tcfg.vocab_size, kind=tcfg.kind)
@@ -61,86 +65,106 @@ def load_or_train_tokenizer(run: TrainRun, train_docs=None, verbose: bool = True
     return tok
 
 
-def peak_flops_estimate(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
-    """Measured matmul throughput (FLOP/s) on this device and precision: the denominator of MFU."""
-    import time
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    reps, t0 = 5, time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return reps * 2 * n ** 3 / (time.perf_counter() - t0)
-
-
 def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopResult:
-    out = Path(run.out)
-    resume_from = prepare_run_dir(out, resume)
-    device, dtype = setup_device(run.train, verbose)
+    if resume:
+        run = inherit_saved_config(run, run.out)  # flags not given come from the run's config.yaml
+    start = open_run(run.out, resume, run.train, verbose)
+    out, resume_from, device, dtype = start.out, start.resume_from, start.device, start.dtype
 
     c = run.corpus
     docs = None
     if resume_from is None and not run.tokenizer.path:
-        docs = split_documents(iter_documents(run.data, include_source=c.include_source, extensions=c.extensions),
-                               c.val_fraction)
-    tokenizer = Tokenizer.load(resume_from) if resume_from else load_or_train_tokenizer(
-        run, docs[0] if docs else None, verbose)
-    data = prepare(run.data, tokenizer, cache_dir_for(run), include_source=c.include_source,
-                   extensions=c.extensions, val_fraction=c.val_fraction, docs=docs, verbose=verbose)
+        docs = split_documents(
+            iter_documents(run.data, include_source=c.include_source, extensions=c.extensions), c.val_fraction
+        )
+    tokenizer = (
+        Tokenizer.load(resume_from) if resume_from else load_or_train_tokenizer(run, docs[0] if docs else None, verbose)
+    )
+    data = prepare(
+        run.data,
+        tokenizer,
+        cache_dir_for(run),
+        include_source=c.include_source,
+        extensions=c.extensions,
+        val_fraction=c.val_fraction,
+        docs=docs,
+        verbose=verbose,
+    )
     check_size(data, run.model.block_size)
 
     run = replace(run, model=replace(run.model, vocab_size=tokenizer.n_vocab))
     torch.manual_seed(run.train.seed)
-    resume_state = None
+    state = None
     if resume_from is not None:
         model = load_checkpoint(resume_from).model
         if to_dict(model.config) != to_dict(run.model):
             raise UserError(f"--resume: the model config differs from the checkpoint's in {resume_from}")
-        resume_state = load_train_state(resume_from)
-        if resume_state is None:
-            raise UserError(f"cannot resume: {resume_from} holds weights but no training state (train_state.pt)")
+        state = resume_state(resume_from)
     else:
         model = GPT(run.model)
     model.to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.yaml", yaml.safe_dump(to_dict(run), sort_keys=False))
+    write_config(out, to_dict(run))
     if verbose:
-        print(f"model: {model.num_params() / 1e6:.2f}M parameters · {run.model.n_layer} layers · "
-              f"{run.model.n_embd} wide · context {run.model.block_size} · vocab {run.model.vocab_size}")
+        print(
+            f"model: {model.num_params() / 1e6:.2f}M parameters · {run.model.n_layer} layers · "
+            f"{run.model.n_embd} wide · context {run.model.block_size} · vocab {run.model.vocab_size}"
+        )
 
-    batches = TokenBatches(data.shards("train"), run.model.block_size, run.train.batch_size, seed=run.train.seed,
-                           device=device)
+    batches = TokenBatches(
+        data.shards("train"), run.model.block_size, run.train.batch_size, seed=run.train.seed, device=device
+    )
     val_tokens = data.tokens("val")
     token_bytes = tokenizer.token_byte_lengths()
 
     def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
-        r = evaluate_tokens(model, val_tokens, token_bytes, batch_size=run.train.batch_size, max_tokens=max_tokens,
-                            device=device, dtype=dtype)
+        r = evaluate_tokens(
+            model,
+            val_tokens,
+            token_bytes,
+            batch_size=run.train.batch_size,
+            max_tokens=max_tokens,
+            device=device,
+            dtype=dtype,
+        )
         return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
 
     def save(name: str, step: int, state: dict) -> None:
-        save_checkpoint(out, name, model, tokenizer, step=step, train_state=state,
-                        extra={"data": data.meta["fingerprint"], "dtype": str(dtype).replace("torch.", "")})
+        save_checkpoint(
+            out,
+            name,
+            model,
+            tokenizer,
+            step=step,
+            train_state=state,
+            extra={"data": data.meta["fingerprint"], "dtype": str(dtype).replace("torch.", "")},
+        )
 
-    result = train_loop(model, batches, run.train, out, save=save, evaluate=evaluate, resume_state=resume_state,
-                        device=device, dtype=dtype, flops_per_token=model.flops_per_token(),
-                        peak_flops=peak_flops_estimate(device, dtype))
+    result = train_loop(
+        model,
+        batches,
+        run.train,
+        out,
+        save=save,
+        evaluate=evaluate,
+        resume_state=state,
+        device=device,
+        dtype=dtype,
+        flops_per_token=model.flops_per_token(),
+        peak_flops=peak_flops(device, dtype),
+    )
+    final = None
     if not result.interrupted:
-        final = evaluate(0)                                              # the whole validation split
-        result.last_eval = final
-        atomic_write(out / "final.json", json.dumps({"step": result.step, **final, "tokens_per_sec": result.tokens_per_sec,
-                                                     "time": time.time()}, indent=2))
+        result.last_eval = evaluate(0)  # the whole validation split
+        final = {**result.last_eval, "tokens_per_sec": result.tokens_per_sec}
         if verbose:
-            print(f"final: val loss {final['val_loss']:.4f} · val bits/byte {final['val_bpb']:.4f} "
-                  f"(whole validation split, {len(val_tokens):,} tokens)")
-    png = plot_run(out)
+            print(
+                f"final: val loss {final['val_loss']:.4f} · val bits/byte {final['val_bpb']:.4f} "
+                f"(whole validation split, {len(val_tokens):,} tokens)"
+            )
+    png = finish_run(out, result, final, resume_hint=f"pocketgpt train --out {out} --resume", verbose=verbose)
     if verbose:
         print(f"loss curve: {png}")
-        if result.interrupted:
-            print(f"stopped at step {result.step}; checkpoint saved. Continue with: pocketgpt train --out {out} --resume")
-        elif run.train.samples:
+        if not result.interrupted and run.train.samples:
             print_samples(model, tokenizer, run, device)
     return result
 
@@ -148,7 +172,8 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
 def print_samples(model, tokenizer, run: TrainRun, device) -> None:
     from pocketgpt.config import SampleConfig
     from pocketgpt.generate.text import generate_text
+
     for i in range(run.train.samples):
         cfg = SampleConfig(max_new_tokens=run.train.sample_tokens, temperature=0.8, top_k=200, seed=run.train.seed + i)
-        text = generate_text(model, tokenizer, "", cfg, device=device)      # float32: leaves the weights as they are
+        text = generate_text(model, tokenizer, "", cfg, device=device)  # float32: leaves the weights as they are
         print(f"--- sample {i + 1} ---\n{text}")

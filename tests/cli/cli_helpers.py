@@ -31,8 +31,9 @@ def cli(capsys):
     SystemExit (from --help) becomes its code; warnings are printed to stderr as Python does by default
     (pytest would otherwise record them silently).
     """
+
     def run(*args):
-        formatwarning = warnings.formatwarning                 # main() sets its own; keep pytest's afterwards
+        formatwarning = warnings.formatwarning  # main() sets its own; keep pytest's afterwards
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = _warning_to_stderr
@@ -44,6 +45,7 @@ def cli(capsys):
                 warnings.formatwarning = formatwarning
         out = capsys.readouterr()
         return code, out.out, out.err
+
     return run
 
 
@@ -68,8 +70,11 @@ def assert_no_run(out: Path) -> None:
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def train_args(corpus: Path, out: Path, cache: Path, *extra) -> list:

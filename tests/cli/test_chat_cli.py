@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_text
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 
 from pocketgpt.checkpoint import save_checkpoint
 from pocketgpt.cli.chat import add_chat_arguments, run_chat
@@ -38,8 +38,7 @@ def chat_run(tmp_path_factory):
     """A chat-capable checkpoint: a trained tokenizer (it holds the chat specials) and a tiny random GPT."""
     root = tmp_path_factory.mktemp("chat")
     tok = Tokenizer.train([make_text(200)], vocab_size=300)
-    save_checkpoint(root / "run", "ckpt-0000001", tiny_gpt(tok.n_vocab), tok, step=1,
-                    extra={"chat_template": TEMPLATE})
+    save_checkpoint(root / "run", "ckpt-0000001", tiny_gpt(tok.n_vocab), tok, step=1, extra={"chat_template": TEMPLATE})
     return root / "run"
 
 
@@ -61,12 +60,18 @@ def spy(monkeypatch):
     real = TextGenerator.stream_ids
 
     def stream_ids(self, prompt_ids, sample, stop_ids):
-        call = {"prompt": list(prompt_ids), "text": self.tokenizer.decode(prompt_ids), "answer": "",
-                "stop_ids": list(stop_ids), "tok": self.tokenizer}
+        call = {
+            "prompt": list(prompt_ids),
+            "text": self.tokenizer.decode(prompt_ids),
+            "answer": "",
+            "stop_ids": list(stop_ids),
+            "tok": self.tokenizer,
+        }
         calls.append(call)
         for piece in real(self, prompt_ids, sample, stop_ids):
             call["answer"] += piece
             yield piece
+
     monkeypatch.setattr(TextGenerator, "stream_ids", stream_ids)
     return calls
 
@@ -81,15 +86,19 @@ def chat(monkeypatch, capsys, stdin, *args):
 def test_history_reaches_the_prompt_and_reset_clears_it(chat_run, spy, monkeypatch, capsys):
     # short answers (a random model may say "<|assistant|>", 13 tokens as text) keep both turns in the context
     code, out, err = chat(monkeypatch, capsys, io.StringIO(SCRIPT), chat_run, *FLAGS, "--max-new-tokens", "3")
-    assert code == 0 and len(spy) == 3 and "dropped" not in err        # /quit ends it: "never read" is not
+    assert code == 0 and len(spy) == 3 and "dropped" not in err  # /quit ends it: "never read" is not
     tok = spy[0]["tok"]
-    assert out == "".join(c["answer"] + "\n" for c in spy)             # no prompts on a pipe: answers only
+    assert out == "".join(c["answer"] + "\n" for c in spy)  # no prompts on a pipe: answers only
     first, second, third = spy
-    user = lambda s: {"role": "user", "content": s}
+
+    def user(s):
+        return {"role": "user", "content": s}
+
     assert first["prompt"] == render_for_completion([user("hello there")], tok)
     assert second["prompt"] == render_for_completion(
-        [user("hello there"), {"role": "assistant", "content": first["answer"]}, user("how are you")], tok)
-    assert third["prompt"] == render_for_completion([user("again")], tok)   # /reset forgot both turns
+        [user("hello there"), {"role": "assistant", "content": first["answer"]}, user("how are you")], tok
+    )
+    assert third["prompt"] == render_for_completion([user("again")], tok)  # /reset forgot both turns
     assert "hello there" in second["text"] and "hello there" not in third["text"]
     assert first["stop_ids"] == stop_token_ids(tok)
 
@@ -102,6 +111,7 @@ def fixed(monkeypatch):
     def stream_ids(self, prompt_ids, sample, stop_ids):
         prompts.append(self.tokenizer.decode(prompt_ids))
         yield "ok"
+
     monkeypatch.setattr(TextGenerator, "stream_ids", stream_ids)
     return prompts
 
@@ -109,13 +119,20 @@ def fixed(monkeypatch):
 def test_system_message_flag_and_command(chat_run, fixed, monkeypatch, capsys):
     stdin = io.StringIO("one\n/system Be terse.\ntwo\n/reset\nthree\n/system\nfour\n")
     code, out, _ = chat(monkeypatch, capsys, stdin, chat_run, *FLAGS, "--system", "You are kind.")
-    assert code == 0 and out == "ok\n" * 4                                # end of input exits 0
-    turn = lambda role, text: f"<|{role}|>{text}<|end|>"
+    assert code == 0 and out == "ok\n" * 4  # end of input exits 0
+
+    def turn(role, text):
+        return f"<|{role}|>{text}<|end|>"
+
     assert fixed == [
         EOT + turn("system", "You are kind.") + turn("user", "one") + "<|assistant|>",
-        EOT + turn("system", "Be terse.") + turn("user", "one") + turn("assistant", "ok") + turn("user", "two")
+        EOT
+        + turn("system", "Be terse.")
+        + turn("user", "one")
+        + turn("assistant", "ok")
+        + turn("user", "two")
         + "<|assistant|>",
-        EOT + turn("system", "Be terse.") + turn("user", "three") + "<|assistant|>",      # /reset keeps the system
+        EOT + turn("system", "Be terse.") + turn("user", "three") + "<|assistant|>",  # /reset keeps the system
         EOT + turn("user", "three") + turn("assistant", "ok") + turn("user", "four") + "<|assistant|>",
     ]
 
@@ -129,8 +146,9 @@ def test_terminal_shows_prompts_and_help(chat_run, spy, monkeypatch, capsys):
 def test_old_turns_are_dropped_to_fit_the_context(chat_run, fixed, monkeypatch, capsys):
     prompts = fixed
     lines = [f"turn {i} ok" for i in range(8)]
-    code, out, err = chat(monkeypatch, capsys, io.StringIO("\n".join(lines) + "\n"), chat_run, *FLAGS,
-                          "--system", "Sys.")
+    code, out, err = chat(
+        monkeypatch, capsys, io.StringIO("\n".join(lines) + "\n"), chat_run, *FLAGS, "--system", "Sys."
+    )
     assert code == 0 and out == "ok\n" * 8
     assert "dropped the oldest" in err
     tok = Tokenizer.load(chat_run / "ckpt-0000001")
@@ -148,6 +166,7 @@ def test_ctrl_c_stops_the_answer_and_keeps_what_was_said(chat_run, monkeypatch, 
         yield "tial"
         if len(prompts) == 1:
             raise KeyboardInterrupt
+
     monkeypatch.setattr(TextGenerator, "stream_ids", fake)
     code, out, _ = chat(monkeypatch, capsys, io.StringIO("first\nsecond\n"), chat_run, *FLAGS)
     assert code == 0 and out == "partial\npartial\n"
@@ -158,6 +177,7 @@ def test_ctrl_c_or_eof_at_the_prompt_exits_0(chat_run, spy, monkeypatch, capsys)
     class Interrupted(io.StringIO):
         def readline(self, *a):
             raise KeyboardInterrupt
+
     assert chat(monkeypatch, capsys, Interrupted(), chat_run, *FLAGS)[0] == 0
     assert chat(monkeypatch, capsys, FakeTTY(""), chat_run, *FLAGS)[0] == 0
     assert spy == []
@@ -175,22 +195,30 @@ def test_refusals(chat_run, tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match="not fine-tuned for chat.*finetune --task chat"):
         chat(monkeypatch, capsys, io.StringIO(""), tmp_path / "plain", *FLAGS)
     tok = Tokenizer.load(chat_run / "ckpt-0000001")
-    save_checkpoint(tmp_path / "other", "ckpt-0000001", tiny_gpt(tok.n_vocab), tok, step=1,
-                    extra={"chat_template": "chatml"})
+    save_checkpoint(
+        tmp_path / "other", "ckpt-0000001", tiny_gpt(tok.n_vocab), tok, step=1, extra={"chat_template": "chatml"}
+    )
     with pytest.raises(UserError, match="'chatml'"):
         chat(monkeypatch, capsys, io.StringIO(""), tmp_path / "other", *FLAGS)
-    save_checkpoint(tmp_path / "base", "ckpt-0000001", tiny_gpt(tok.n_vocab), tok, step=1)   # no chat_template
+    save_checkpoint(tmp_path / "base", "ckpt-0000001", tiny_gpt(tok.n_vocab), tok, step=1)  # no chat_template
     with pytest.warns(UserWarning, match="names no chat_template"):
         assert chat(monkeypatch, capsys, io.StringIO(""), tmp_path / "base", *FLAGS)[0] == 0
-    with pytest.raises(UserError, match="--dtype"):
+    with pytest.raises(ArgumentError, match="dtype"):  # the parser refuses it (RuntimeConfig's Literal type)
         chat(monkeypatch, capsys, io.StringIO(""), chat_run, "--dtype", "float16")
 
 
 # ---- the real command, as a user's shell runs it ---------------------------------------------------
 
+
 def pocketgpt(*args, stdin: str = ""):
-    return subprocess.run([sys.executable, "-m", "pocketgpt.cli.main", *map(str, args)], input=stdin, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pocketgpt.cli.main", *map(str, args)],
+        input=stdin,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_subprocess_conversation_matches_in_process(chat_run, monkeypatch, capsys):
@@ -201,7 +229,7 @@ def test_subprocess_conversation_matches_in_process(chat_run, monkeypatch, capsy
     one_shot = chat(monkeypatch, capsys, io.StringIO(""), chat_run, *FLAGS, "-p", "hello there")[1]
     r = pocketgpt("chat", chat_run, *FLAGS, "-p", "hello there")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == one_shot and expected.startswith(one_shot)       # the first turn had no history either
+    assert r.stdout == one_shot and expected.startswith(one_shot)  # the first turn had no history either
 
 
 def test_subprocess_refuses_a_checkpoint_without_chat_tokens(tmp_path):

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import (REPO, assert_no_run, assert_user_error, ckpt_of, cli, run_copy,  # noqa: F401  (fixtures)
-                         snapshot, train_args, trained)
+from cli_helpers import REPO, assert_no_run, assert_user_error, ckpt_of, cli, run_copy, snapshot, train_args, trained  # noqa: F401  (fixtures)
 
 
 def test_missing_corpus(cli, tmp_path):
@@ -71,11 +70,15 @@ def test_corpus_too_small_for_the_context(cli, tmp_path, corpus_text):
 
 def test_vocab_below_the_byte_alphabet(cli, corpus_file, tmp_path):
     out = tmp_path / "run"
-    assert_user_error(cli(*train_args(corpus_file, out, tmp_path / "c", "--tokenizer.vocab_size", 100)),
-                      "vocab_size", "100")
+    assert_user_error(
+        cli(*train_args(corpus_file, out, tmp_path / "c", "--tokenizer.vocab_size", 100)), "vocab_size", "100"
+    )
     assert_no_run(out)
-    assert_user_error(cli("tokenizer", "train", "--data", corpus_file, "--out", tmp_path / "tok",
-                          "--vocab_size", 100), "vocab_size", "100")
+    assert_user_error(
+        cli("tokenizer", "train", "--data", corpus_file, "--out", tmp_path / "tok", "--vocab_size", 100),
+        "vocab_size",
+        "100",
+    )
     assert not (tmp_path / "tok").exists()
 
 
@@ -118,7 +121,7 @@ def test_resume_from_a_checkpoint_without_train_state(cli, run_copy):
 def test_checkpoint_from_another_vocabulary(cli, run_copy):
     f = ckpt_of(run_copy) / "config.json"
     meta = json.loads(f.read_text())
-    meta["model"]["vocab_size"] = 200                  # the tokenizer has 300
+    meta["model"]["vocab_size"] = 200  # the tokenizer has 300
     f.write_text(json.dumps(meta))
     assert_user_error(cli("generate", run_copy, "--prompt", "x"), "vocabular")
 
@@ -148,14 +151,17 @@ def test_unknown_preset(cli, corpus_file, tmp_path):
     assert_no_run(out)
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--temperature", "-1"], ["temperature", "-1"]),
-    (["--temperature", "nan"], ["temperature"]),
-    (["--top-p", "0"], ["top_p", "0"]),
-    (["--top-p", "1.5"], ["top_p", "1.5"]),
-    (["--max-new-tokens", "-1"], ["max_new_tokens", "-1"]),
-    (["--top-k", "-1"], ["top_k", "-1"]),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--temperature", "-1"], ["temperature", "-1"]),
+        (["--temperature", "nan"], ["temperature"]),
+        (["--top-p", "0"], ["top_p", "0"]),
+        (["--top-p", "1.5"], ["top_p", "1.5"]),
+        (["--max-new-tokens", "-1"], ["max_new_tokens", "-1"]),
+        (["--top-k", "-1"], ["top_k", "-1"]),
+    ],
+)
 def test_bad_sampling_flags(cli, trained, flags, words):
     assert_user_error(cli("generate", trained, "--prompt", "x", *flags), *words)
 
@@ -171,8 +177,14 @@ def test_existing_run_without_resume(cli, run_copy, tmp_path):
 def test_console_script_exit_status(tmp_path):
     """The real process: status 2 and one line on stderr, no traceback."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", "pocketgpt.cli.main", "generate", str(tmp_path / "nope")],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "pocketgpt.cli.main", "generate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().count("\n") == 0 and "checkpoint not found" in p.stderr
     assert "Traceback" not in p.stderr

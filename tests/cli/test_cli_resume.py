@@ -12,13 +12,23 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import REPO, assert_same_weights, cli, train_args, weights  # noqa: F401  (fixtures)
 from conftest import TINY_TRAIN_FLAGS
 
-
-SPEEDRUN_FLAGS = ("--train.optimizer", "muon", "--model.qk_norm", "true", "--model.pos_encoding", "rope",
-                  "--model.activation", "relu2", "--model.tie_embeddings", "false", "--model.bias", "false")
+SPEEDRUN_FLAGS = (
+    "--train.optimizer",
+    "muon",
+    "--model.qk_norm",
+    "true",
+    "--model.pos_encoding",
+    "rope",
+    "--model.activation",
+    "relu2",
+    "--model.tie_embeddings",
+    "false",
+    "--model.bias",
+    "false",
+)
 
 
 @pytest.mark.parametrize("extra", [(), SPEEDRUN_FLAGS], ids=["adamw", "muon-qknorm-rope-relu2-untied"])
@@ -30,8 +40,9 @@ def test_resume_gives_the_same_weights(cli, tmp_path, corpus_text, extra):
     straight, out = tmp_path / "straight", tmp_path / "run"
     code, _, err = cli(*train_args(corpus, straight, tmp_path / "cache", "--train.warmup_steps", 3, *extra))
     assert code == 0, err
-    code, _, err = cli(*train_args(corpus, out, tmp_path / "cache", "--train.warmup_steps", 3, "--train.max_steps", 3,
-                                   *extra))
+    code, _, err = cli(
+        *train_args(corpus, out, tmp_path / "cache", "--train.warmup_steps", 3, "--train.max_steps", 3, *extra)
+    )
     assert code == 0, err
     assert (out / "LATEST").read_text().strip() == "ckpt-0000003"
     code, _, err = cli("train", "--out", out, "--resume", "--train.max_steps", 6)
@@ -43,6 +54,7 @@ def test_resume_gives_the_same_weights(cli, tmp_path, corpus_text, extra):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [(r["loss"], r["lr"]) for r in rows] == [(r["loss"], r["lr"]) for r in ref]
     import yaml
+
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 6
 
 
@@ -51,10 +63,29 @@ KILL_STEPS = 60
 
 def _train_cmd(corpus: Path, out: Path, cache: Path, *extra) -> list[str]:
     flags = dict(zip(TINY_TRAIN_FLAGS[::2], TINY_TRAIN_FLAGS[1::2]))
-    flags.update({"--train.max_steps": str(KILL_STEPS), "--train.save_every": "2", "--train.eval_every": "40",
-                  "--train.log_every": "5", "--train.threads": "1"})
-    return [sys.executable, "-m", "pocketgpt.cli.main", "train", "--data", str(corpus), "--out", str(out),
-            "--cache_dir", str(cache), *[x for kv in flags.items() for x in kv], *extra]
+    flags.update(
+        {
+            "--train.max_steps": str(KILL_STEPS),
+            "--train.save_every": "2",
+            "--train.eval_every": "40",
+            "--train.log_every": "5",
+            "--train.threads": "1",
+        }
+    )
+    return [
+        sys.executable,
+        "-m",
+        "pocketgpt.cli.main",
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--cache_dir",
+        str(cache),
+        *[x for kv in flags.items() for x in kv],
+        *extra,
+    ]
 
 
 def _latest_step(out: Path) -> int:
@@ -70,18 +101,29 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_text
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     # the reference and the victim run side by side (one thread each, separate caches: no shared files)
-    ref = subprocess.Popen(_train_cmd(corpus, ref_out, tmp_path / "cache-ref"), env=env, cwd=tmp_path,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_train_cmd(corpus, out, tmp_path / "cache"), env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = random.randrange(2, KILL_STEPS // 2, 2)          # kill after this checkpoint, at a random moment
+    ref = subprocess.Popen(
+        _train_cmd(corpus, ref_out, tmp_path / "cache-ref"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = subprocess.Popen(
+        _train_cmd(corpus, out, tmp_path / "cache"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = random.randrange(2, KILL_STEPS // 2, 2)  # kill after this checkpoint, at a random moment
     try:
         deadline = time.monotonic() + 120
         while _latest_step(out) < target:
             assert victim.poll() is None, "the run ended before it was killed"
             assert time.monotonic() < deadline, f"no checkpoint {target} within 120 s"
             time.sleep(0.002)
-        time.sleep(random.uniform(0.0, 0.05))                  # mid-step, mid-save or mid-eval
+        time.sleep(random.uniform(0.0, 0.05))  # mid-step, mid-save or mid-eval
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -89,8 +131,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_text
             victim.kill()
     assert target <= _latest_step(out) < KILL_STEPS and not (out / "final.json").exists()
 
-    resumed = subprocess.run(_train_cmd(corpus, out, tmp_path / "cache", "--resume"), env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _train_cmd(corpus, out, tmp_path / "cache", "--resume"),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     ref.stderr.close()
@@ -99,4 +147,4 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_text
     assert_same_weights(weights(out), weights(ref_out))
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == KILL_STEPS
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]      # no temp folder from the kill
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp folder from the kill

@@ -11,10 +11,16 @@ import torch.nn as nn
 
 from pocketgpt.config import TrainConfig
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.classify import (ClassifyBatches, classify_metrics, encode_texts, label_set, predict,
-                                         read_labelled)
-from pocketgpt.model.classifier import GPTClassifier
+from pocketgpt.finetune.classify import (
+    ClassifyBatches,
+    classify_metrics,
+    encode_texts,
+    label_set,
+    predict,
+    read_labelled,
+)
 from pocketgpt.model import GPT
+from pocketgpt.model.classifier import GPTClassifier
 from pocketgpt.train.loop import train_loop
 
 A_WORDS = "attention mixes values residual stream block".split()
@@ -41,11 +47,20 @@ def test_classifier_overfits_tiny_set_through_the_loop(tiny_cfg, tiny_tokenizer,
     torch.manual_seed(0)
     model = GPTClassifier.from_gpt(GPT(tiny_cfg), len(names))
     before = classify_metrics(model, encoded, ids, len(names))
-    assert before["val_loss"] == pytest.approx(math.log(2), abs=1e-6)       # zero head: uniform at start
-    batches = ClassifyBatches(encoded, ids, batch_size=8, block_size=tiny_cfg.block_size,
-                              pad_id=tiny_tokenizer.eot_id, seed=1)
-    cfg = TrainConfig(max_steps=30, lr=3e-3, warmup_steps=0, eval_every=0, save_every=0, log_every=0,
-                      weight_decay=0.0, dtype="float32")
+    assert before["val_loss"] == pytest.approx(math.log(2), abs=1e-6)  # zero head: uniform at start
+    batches = ClassifyBatches(
+        encoded, ids, batch_size=8, block_size=tiny_cfg.block_size, pad_id=tiny_tokenizer.eot_id, seed=1
+    )
+    cfg = TrainConfig(
+        max_steps=30,
+        lr=3e-3,
+        warmup_steps=0,
+        eval_every=0,
+        save_every=0,
+        log_every=0,
+        weight_decay=0.0,
+        dtype="float32",
+    )
     result = train_loop(model, batches, cfg, tmp_path, save=lambda *a: None)
     assert result.step == 30
     after = classify_metrics(model, encoded, ids, len(names))
@@ -62,17 +77,17 @@ def test_pooling_reads_the_last_real_token(tiny_cfg):
     nn.init.normal_(model.score.weight, std=0.5)
     V = tiny_cfg.vocab_size
     seq = torch.randint(0, V, (5,))
-    x1 = torch.cat([seq, torch.zeros(3, dtype=torch.long)])[None]           # (1, 8): 3 pads of id 0
-    x2 = torch.cat([seq, torch.randint(0, V, (7,))])[None]                  # (1, 12): 7 random pads
+    x1 = torch.cat([seq, torch.zeros(3, dtype=torch.long)])[None]  # (1, 8): 3 pads of id 0
+    x2 = torch.cat([seq, torch.randint(0, V, (7,))])[None]  # (1, 12): 7 random pads
     lengths = torch.tensor([5])
     l1, _ = model(x1, None, lengths)
     l2, _ = model(x2, None, lengths)
-    l0, _ = model(seq[None])                                                # no padding, lengths=None
+    l0, _ = model(seq[None])  # no padding, lengths=None
     assert l1.shape == (1, 3) and l1.dtype == torch.float32
     torch.testing.assert_close(l1, l2, rtol=0, atol=1e-6)
     torch.testing.assert_close(l1, l0, rtol=0, atol=1e-6)
     x3 = x1.clone()
-    x3[0, 4] = (x3[0, 4] + 1) % V                                            # the last real token
+    x3[0, 4] = (x3[0, 4] + 1) % V  # the last real token
     assert not torch.allclose(model(x3, None, lengths)[0], l1)
     # a batch pools each row at its own length
     both = torch.stack([x1[0], torch.cat([seq[:3], torch.full((5,), 7)])])
@@ -113,19 +128,27 @@ def test_read_labelled_csv_tsv_headerless_jsonl(tmp_path):
     assert read_labelled(arr) == (["x", "y"], ["a", "b"])
 
 
-@pytest.mark.parametrize("name, content, kwargs, match", [
-    ("a.csv", "txt,label\nhi,1\n", {}, r"no column 'text'; columns found: 'txt', 'label'"),
-    ("a.csv", "text,lab\nhi,1\n", {}, r"no column 'label'; columns found: 'text', 'lab'"),
-    ("a.tsv", "text\tcategory\thint\nhi\t1\tx\n", {}, r"no column 'label'; columns found"),
-    ("a.jsonl", '{"text": "hi", "label": 1}\n{"text": "yo"}\n', {}, r"a\.jsonl:2 has no column 'label'; columns found: 'text'"),
-    ("a.jsonl", '{"text": "hi", "label": 1}\n{"text": "yo", "label": \n', {}, r"a\.jsonl:2: malformed JSON line"),
-    ("a.csv", "text,label\nhi,1\n   ,0\n", {}, r"a\.csv:3: empty text in column 'text'"),
-    ("a.jsonl", '{"text": "", "label": 1}\n', {}, r"a\.jsonl:1: empty text"),
-    ("a.csv", "text,label\n", {}, r"a\.csv has no rows"),
-    ("a.jsonl", "\n\n", {}, r"a\.jsonl has no rows"),
-    ("a.csv", "text,label\nhi,1\nyo,1\n", {}, r"every row has label '1'; classification needs at least 2 classes"),
-    ("a.txt", "hi\t1\n", {}, r"use \.csv, \.tsv"),
-])
+@pytest.mark.parametrize(
+    "name, content, kwargs, match",
+    [
+        ("a.csv", "txt,label\nhi,1\n", {}, r"no column 'text'; columns found: 'txt', 'label'"),
+        ("a.csv", "text,lab\nhi,1\n", {}, r"no column 'label'; columns found: 'text', 'lab'"),
+        ("a.tsv", "text\tcategory\thint\nhi\t1\tx\n", {}, r"no column 'label'; columns found"),
+        (
+            "a.jsonl",
+            '{"text": "hi", "label": 1}\n{"text": "yo"}\n',
+            {},
+            r"a\.jsonl:2 has no column 'label'; columns found: 'text'",
+        ),
+        ("a.jsonl", '{"text": "hi", "label": 1}\n{"text": "yo", "label": \n', {}, r"a\.jsonl:2: malformed JSON line"),
+        ("a.csv", "text,label\nhi,1\n   ,0\n", {}, r"a\.csv:3: empty text in column 'text'"),
+        ("a.jsonl", '{"text": "", "label": 1}\n', {}, r"a\.jsonl:1: empty text"),
+        ("a.csv", "text,label\n", {}, r"a\.csv has no rows"),
+        ("a.jsonl", "\n\n", {}, r"a\.jsonl has no rows"),
+        ("a.csv", "text,label\nhi,1\nyo,1\n", {}, r"every row has label '1'; classification needs at least 2 classes"),
+        ("a.txt", "hi\t1\n", {}, r"use \.csv, \.tsv"),
+    ],
+)
 def test_read_labelled_errors(tmp_path, name, content, kwargs, match):
     p = tmp_path / name
     p.write_text(content)
@@ -191,7 +214,7 @@ def test_metrics_on_a_hand_example():
     y_pred = [0, 1, 1, 1, 0]
     model = FixedPredictions(3).train()
     m = classify_metrics(model, [[p] for p in y_pred], y_true, 3, batch_size=2)
-    assert model.training                                                   # mode restored
+    assert model.training  # mode restored
     assert m["val_accuracy"] == pytest.approx(3 / 5)
     # F1 per class: 0 -> P 1/2 R 1/2 = 0.5; 1 -> P 2/3 R 1 = 0.8; 2 -> P 0 R 0 = 0
     assert m["val_macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
@@ -199,5 +222,6 @@ def test_metrics_on_a_hand_example():
     wrong = -math.log(1 / (math.exp(10) + 2))
     assert m["val_loss"] == pytest.approx((3 * right + 2 * wrong) / 5, rel=1e-5)
     # a class that nobody has and nobody predicts does not count (scikit-learn's convention)
-    assert classify_metrics(FixedPredictions(4), [[p] for p in y_pred], y_true, 4)["val_macro_f1"] == \
-        pytest.approx(m["val_macro_f1"])
+    assert classify_metrics(FixedPredictions(4), [[p] for p in y_pred], y_true, 4)["val_macro_f1"] == pytest.approx(
+        m["val_macro_f1"]
+    )

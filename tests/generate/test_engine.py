@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from pocketgpt.config import ModelConfig, SampleConfig
 from pocketgpt.generate import sampling as S
-from pocketgpt.generate.engine import Engine
+from pocketgpt.generate.engine import Engine, bucket_length
 from pocketgpt.generate.text import StopMatcher, TextGenerator
 from pocketgpt.model import GPT
 from pocketgpt.tokenizer import Tokenizer
@@ -65,7 +65,9 @@ def test_batch_rows_equal_single_prompts(tiny_cfg):
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
 def test_padded_batch_logits_match_full_forward(pos, tiny_tokenizer):
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tiny_tokenizer.n_vocab, pos_encoding=pos)
+    cfg = ModelConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tiny_tokenizer.n_vocab, pos_encoding=pos
+    )
     model = GPT(cfg).eval()
     eng = Engine(model)
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12]]
@@ -84,14 +86,17 @@ def test_samples_share_a_prefill_and_repeat_with_a_seed(tiny_model):
     a = eng.generate([[1, 2, 3]], s)[0]
     b = eng.generate([[1, 2, 3]], s)[0]
     assert [c.tokens for c in a] == [c.tokens for c in b]
-    assert len({tuple(c.tokens) for c in a}) == 3                 # three different samples
-    assert eng.generate([[1, 2, 3]], SampleConfig(max_new_tokens=15, temperature=1.0, seed=3))[0][0].tokens == a[0].tokens
+    assert len({tuple(c.tokens) for c in a}) == 3  # three different samples
+    assert (
+        eng.generate([[1, 2, 3]], SampleConfig(max_new_tokens=15, temperature=1.0, seed=3))[0][0].tokens == a[0].tokens
+    )
 
 
 def test_logprobs_are_the_models(tiny_model):
     eng = Engine(tiny_model)
-    c = eng.generate([[1, 2, 3]], SampleConfig(max_new_tokens=5, temperature=1.0, seed=0, logprobs=True,
-                                               top_logprobs=3))[0][0]
+    c = eng.generate(
+        [[1, 2, 3]], SampleConfig(max_new_tokens=5, temperature=1.0, seed=0, logprobs=True, top_logprobs=3)
+    )[0][0]
     ctx = [1, 2, 3] + c.tokens
     with torch.no_grad():
         logits, _ = tiny_model(torch.tensor([ctx]))
@@ -105,8 +110,9 @@ def test_logprobs_are_the_models(tiny_model):
 def test_logit_bias_bans_and_forces(tiny_model):
     eng = Engine(tiny_model)
     greedy = eng.generate([[1]], SampleConfig(max_new_tokens=10, temperature=0))[0][0].tokens
-    banned = eng.generate([[1]], SampleConfig(max_new_tokens=10, temperature=0,
-                                              logit_bias={greedy[0]: -100.0}))[0][0].tokens
+    banned = eng.generate([[1]], SampleConfig(max_new_tokens=10, temperature=0, logit_bias={greedy[0]: -100.0}))[0][
+        0
+    ].tokens
     assert greedy[0] not in banned
     forced = eng.generate([[1]], SampleConfig(max_new_tokens=5, temperature=1.0, seed=0, logit_bias={42: 100.0}))
     assert forced[0][0].tokens == [42] * 5
@@ -121,7 +127,7 @@ def test_penalty_functions_follow_their_definitions():
     assert out.tolist() == [[2.0 - 1.5 - 1.0, -2.0, 1.0 - 0.5 - 1.0, 0.5]]
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     kept = torch.isfinite(S.min_p_filter(probs.log(), 0.35))[0].tolist()
-    assert kept == [True, True, False, False]                       # 0.35 * 0.5 = 0.175
+    assert kept == [True, True, False, False]  # 0.35 * 0.5 = 0.175
 
 
 def test_repetition_and_frequency_penalties_reduce_repeats(tiny_model):
@@ -142,7 +148,7 @@ def test_stop_string_across_tokens_is_never_emitted(byte_tok):
     assert "".join(pieces) == "hello "
     model.calls = 0
     full = gen.complete([""], SampleConfig(max_new_tokens=50, temperature=0))[0][0]
-    assert full.text == "hello world and more" and full.finish_reason == "stop"   # ended by <|endoftext|>
+    assert full.text == "hello world and more" and full.finish_reason == "stop"  # ended by <|endoftext|>
     model.calls = 0
     short = gen.complete([""], SampleConfig(max_new_tokens=5, temperature=0))[0][0]
     assert short.text == "hello" and short.finish_reason == "length"
@@ -157,11 +163,11 @@ def test_stop_matcher_holds_back_only_real_prefixes():
 
 @pytest.mark.parametrize("text", ["中文测试，好的。", "emoji 🙂👍🏽 and 👨‍👩‍👧", "mixé ü 日本"])
 def test_streaming_yields_only_whole_characters(byte_tok, text):
-    model = scripted_text(byte_tok, text, byte_tok.n_vocab)          # one byte per token
+    model = scripted_text(byte_tok, text, byte_tok.n_vocab)  # one byte per token
     pieces = list(TextGenerator(model, byte_tok).stream("", SampleConfig(max_new_tokens=200, temperature=0)))
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
-    assert len(pieces) > 1                                            # it streamed, not one final blob
+    assert len(pieces) > 1  # it streamed, not one final blob
 
 
 def test_long_prompt_is_cropped_with_a_warning(tiny_model, tiny_tokenizer):
@@ -190,3 +196,21 @@ def test_max_new_tokens_zero_and_empty_prompt(tiny_model):
     assert eng.generate([[1]], SampleConfig(max_new_tokens=0))[0][0].tokens == []
     with pytest.raises(ValueError, match="empty"):
         eng.generate([[]], SampleConfig(max_new_tokens=3))
+
+
+def test_bucket_lengths_are_few_and_close():
+    got = {n: bucket_length(n) for n in range(1, 1025)}
+    assert all(n <= b <= max(n + 15, n * 1.25) for n, b in got.items())
+    assert len(set(got.values())) <= 24
+    assert bucket_length(16) == 16 and bucket_length(17) == 32 and bucket_length(100) == 112
+
+
+def test_a_bucketed_prefill_gives_the_same_next_token_logits(tiny_model):
+    eng = Engine(tiny_model)
+    eng.bucket_prefill = True  # on by default only for CPU bf16 / fp16
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    cache, lg = eng.prefill(prompts, bucket=True)
+    _, want = eng.prefill(prompts)
+    assert cache.pos == bucket_length(5) and torch.allclose(lg, want, atol=1e-5)
+    eng.bucket_prefill = False
+    assert eng.prefill(prompts, bucket=True)[0].pos == 5

@@ -46,7 +46,7 @@ def test_generate_is_seeded_and_greedy_is_deterministic(tiny_model):
     assert a == list(generate_ids(tiny_model, prompt, s)) and len(a) == 20
     g = SampleConfig(max_new_tokens=10, temperature=0)
     ids = list(generate_ids(tiny_model, prompt, g))
-    ctx = list(prompt)                                    # greedy by hand, full forward each step
+    ctx = list(prompt)  # greedy by hand, full forward each step
     for _ in range(10):
         logits, _ = tiny_model(torch.tensor([ctx]))
         ctx.append(int(logits[0, -1].argmax()))
@@ -56,9 +56,9 @@ def test_generate_is_seeded_and_greedy_is_deterministic(tiny_model):
 def test_generation_stops_at_a_stop_token_and_slides_past_the_context(tiny_model):
     greedy = list(generate_ids(tiny_model, [5], SampleConfig(max_new_tokens=5, temperature=0)))
     stopped = list(generate_ids(tiny_model, [5], SampleConfig(max_new_tokens=5, temperature=0), stop_ids=[greedy[2]]))
-    assert stopped == greedy[:greedy.index(greedy[2])]
+    assert stopped == greedy[: greedy.index(greedy[2])]
     long = list(generate_ids(tiny_model, [5], SampleConfig(max_new_tokens=150, temperature=1.0, seed=0)))
-    assert len(long) == 150                                 # block_size is 64: the window slid
+    assert len(long) == 150  # block_size is 64: the window slid
 
 
 def test_crop_prompt_keeps_the_last_tokens():
@@ -66,9 +66,19 @@ def test_crop_prompt_keeps_the_last_tokens():
     assert crop_prompt(list(range(100)), 64) == (list(range(37, 100)), True)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(temperature=float("nan")), dict(top_p=0.0),
-                                 dict(top_p=1.5), dict(max_new_tokens=-1), dict(top_k=-2)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(temperature=float("nan")),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(max_new_tokens=-1),
+        dict(top_k=-2),
+    ],
+)
 def test_bad_sampling_settings(bad):
     from pocketgpt.errors import UserError
+
     with pytest.raises(UserError):
         SampleConfig(**bad)

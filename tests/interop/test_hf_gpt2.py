@@ -21,9 +21,15 @@ from pocketgpt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pocketgpt.config import ModelConfig, SampleConfig  # noqa: E402
 from pocketgpt.errors import UserError  # noqa: E402
 from pocketgpt.generate.engine import generate_ids  # noqa: E402
-from pocketgpt.interop import hf_gpt2  # noqa: E402
-from pocketgpt.interop import (config_from_hf, config_to_hf, convert_from_hf, convert_to_hf,  # noqa: E402
-                               from_hf_state_dict, to_hf_state_dict)
+from pocketgpt.interop import (  # noqa: E402
+    config_from_hf,
+    config_to_hf,
+    convert_from_hf,
+    convert_to_hf,
+    from_hf_state_dict,
+    hf_gpt2,  # noqa: E402
+    to_hf_state_dict,
+)
 from pocketgpt.interop.hf_tokenizer import load_hf_tokenizer, save_hf_tokenizer  # noqa: E402
 from pocketgpt.model import GPT  # noqa: E402
 from pocketgpt.tokenizer import Tokenizer  # noqa: E402
@@ -86,16 +92,28 @@ def hf_folder(tmp_path, tok: Tokenizer, name: str = "hf", **kw):
 # ---- logits ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_layer,n_head,n_embd,vocab,n_inner,act,eps,attn", [
-    (1, 1, 16, 97, None, "gelu_new", 1e-5, None),
-    (3, 2, 16, 50, None, "gelu_new", 1e-5, None),
-    (3, 4, 64, 300, None, "gelu_pytorch_tanh", 1e-6, None),
-    (1, 4, 64, 1000, 100, "gelu", 1e-5, None),
-    (3, 2, 64, 257, 37, "gelu_new", 1e-5, "eager"),
-])
+@pytest.mark.parametrize(
+    "n_layer,n_head,n_embd,vocab,n_inner,act,eps,attn",
+    [
+        (1, 1, 16, 97, None, "gelu_new", 1e-5, None),
+        (3, 2, 16, 50, None, "gelu_new", 1e-5, None),
+        (3, 4, 64, 300, None, "gelu_pytorch_tanh", 1e-6, None),
+        (1, 4, 64, 1000, 100, "gelu", 1e-5, None),
+        (3, 2, 64, 257, 37, "gelu_new", 1e-5, "eager"),
+    ],
+)
 def test_hf_to_pocketgpt_logits(n_layer, n_head, n_embd, vocab, n_inner, act, eps, attn):
-    hf = hf_model(seed=n_layer * 7 + n_head, attn=attn, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                  vocab_size=vocab, n_inner=n_inner, activation_function=act, layer_norm_epsilon=eps)
+    hf = hf_model(
+        seed=n_layer * 7 + n_head,
+        attn=attn,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        vocab_size=vocab,
+        n_inner=n_inner,
+        activation_function=act,
+        layer_norm_epsilon=eps,
+    )
     ours = ours_from_hf(hf)
     assert ours.config.mlp_width == (n_inner or 4 * n_embd)
     assert max_diff(ours, hf, vocab) < TOL
@@ -127,12 +145,19 @@ def test_reorder_and_upcast_attn_is_the_same_math():
     assert max_diff(ours_from_hf(hf), hf, 97) < TOL
 
 
-@pytest.mark.parametrize("bias,act,n_layer,n_head,n_embd", [
-    (True, "gelu", 1, 1, 16), (True, "gelu_tanh", 3, 2, 64), (False, "gelu", 3, 4, 64), (False, "gelu_tanh", 1, 2, 16),
-])
+@pytest.mark.parametrize(
+    "bias,act,n_layer,n_head,n_embd",
+    [
+        (True, "gelu", 1, 1, 16),
+        (True, "gelu_tanh", 3, 2, 64),
+        (False, "gelu", 3, 4, 64),
+        (False, "gelu_tanh", 1, 2, 16),
+    ],
+)
 def test_pocketgpt_to_hf_logits(bias, act, n_layer, n_head, n_embd):
-    cfg = ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=64, vocab_size=123, bias=bias,
-                      activation=act)
+    cfg = ModelConfig(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=64, vocab_size=123, bias=bias, activation=act
+    )
     torch.manual_seed(1)
     ours = GPT(cfg)
     jiggle(ours, 2)
@@ -166,9 +191,15 @@ def test_greedy_50_tokens_identical(direction):
     prompt = [5, 17, 42, 8, 99]
     mine = list(generate_ids(ours, prompt, SampleConfig(max_new_tokens=50, temperature=0)))
     with torch.no_grad():
-        theirs = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=50, eos_token_id=None, pad_token_id=0)
-    theirs = theirs[0, len(prompt):].tolist()
+        theirs = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=50,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    theirs = theirs[0, len(prompt) :].tolist()
     assert len(mine) == len(theirs) == 50
     assert mine == theirs
     assert len(set(mine)) > 1  # a tiny random model, but not a constant one
@@ -223,7 +254,7 @@ def test_exported_tokenizer_encodes_identically(tmp_path, tok400):
 def test_hf_to_pocketgpt_to_hf_reproduces_every_tensor(tmp_path, tok400):
     hf, src = hf_folder(tmp_path, tok400, n_layer=3, n_head=4, n_embd=32, n_inner=48)
     ckpt = convert_from_hf(src, tmp_path / "ours")
-    loaded = load_checkpoint(ckpt)                          # OUT is itself a pocketgpt checkpoint folder
+    loaded = load_checkpoint(ckpt)  # OUT is itself a pocketgpt checkpoint folder
     assert loaded.tokenizer.encode(TEXTS[0]) == tok400.encode(TEXTS[0])
     assert max_diff(loaded.model, hf, tok400.n_vocab) < TOL
     dst = convert_to_hf(ckpt, tmp_path / "back")
@@ -236,8 +267,17 @@ def test_hf_to_pocketgpt_to_hf_reproduces_every_tensor(tmp_path, tok400):
     for k in sd0:
         assert torch.equal(sd0[k], sd1[k]), k
     c0, c1 = hf.config.to_dict(), json.loads((dst / "config.json").read_text())
-    for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "activation_function",
-              "layer_norm_epsilon", "tie_word_embeddings"):
+    for k in (
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "n_positions",
+        "vocab_size",
+        "n_inner",
+        "activation_function",
+        "layer_norm_epsilon",
+        "tie_word_embeddings",
+    ):
         assert c0[k] == c1[k], k
 
 
@@ -285,8 +325,15 @@ def test_model_type_llama(tmp_path, tok400):
     expect_error(tmp_path / "out", "llama", convert_from_hf, src)
 
 
-@pytest.mark.parametrize("key,value", [("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False),
-                                       ("add_cross_attention", True), ("activation_function", "relu")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("scale_attn_weights", False),
+        ("add_cross_attention", True),
+        ("activation_function", "relu"),
+    ],
+)
 def test_hf_variant_we_cannot_represent(tmp_path, tok400, key, value):
     _, src = hf_folder(tmp_path, tok400)
     cfg = json.loads((src / "config.json").read_text())
@@ -299,8 +346,9 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path, tok400):
     sd = load_file(str(src / "model.safetensors"))
     sd["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(16, 60)
     save_file(sd, str(src / "model.safetensors"), metadata={"format": "pt"})
-    expect_error(tmp_path / "out", r"transformer\.h\.0\.mlp\.c_fc\.weight has shape \(16, 60\).*\(16, 64\)",
-                 convert_from_hf, src)
+    expect_error(
+        tmp_path / "out", r"transformer\.h\.0\.mlp\.c_fc\.weight has shape \(16, 60\).*\(16, 64\)", convert_from_hf, src
+    )
 
 
 def test_missing_tokenizer_names_files(tmp_path, tok400):
@@ -325,13 +373,16 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path, tok400):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(pos_encoding="rope"), "pos_encoding='rope'"),
-    (dict(pos_encoding="sinusoidal"), "pos_encoding='sinusoidal'"),
-    (dict(tie_embeddings=False), "tie_embeddings=False"),
-    (dict(activation="relu"), "activation='relu'"),
-    (dict(activation="relu2"), "activation='relu2'"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(pos_encoding="rope"), "pos_encoding='rope'"),
+        (dict(pos_encoding="sinusoidal"), "pos_encoding='sinusoidal'"),
+        (dict(tie_embeddings=False), "tie_embeddings=False"),
+        (dict(activation="relu"), "activation='relu'"),
+        (dict(activation="relu2"), "activation='relu2'"),
+    ],
+)
 def test_export_refuses_variants_gpt2_lacks(tmp_path, tok400, change, match):
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tok400.n_vocab, **change)
     expect_error(tmp_path / "out", match, convert_to_hf, save_ours(GPT(cfg), tok400, tmp_path / "run"))
@@ -363,6 +414,7 @@ def test_out_exists_and_not_empty(tmp_path, tok400):
 @pytest.mark.parametrize("repo", ["gpt2", "openai-community/gpt2"])
 def test_offline_hub_id_fails_fast(tmp_path, monkeypatch, repo):
     from huggingface_hub import constants
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.perf_counter()
@@ -372,6 +424,7 @@ def test_offline_hub_id_fails_fast(tmp_path, monkeypatch, repo):
 
 def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     from huggingface_hub import constants
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

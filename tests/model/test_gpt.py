@@ -11,10 +11,15 @@ from pocketgpt.errors import UserError
 from pocketgpt.model import GPT, KVCache
 from pocketgpt.model.positional import POSITIONAL, sinusoidal_table
 
-VARIANTS = [dict(pos_encoding=p) for p in POSITIONAL] + [dict(activation="relu"), dict(activation="relu2"),
-                                                         dict(tie_embeddings=False), dict(bias=False),
-                                                         dict(activation="gelu_tanh"), dict(qk_norm=True),
-                                                         dict(pos_encoding="rope", qk_norm=True)]
+VARIANTS = [dict(pos_encoding=p) for p in POSITIONAL] + [
+    dict(activation="relu"),
+    dict(activation="relu2"),
+    dict(tie_embeddings=False),
+    dict(bias=False),
+    dict(activation="gelu_tanh"),
+    dict(qk_norm=True),
+    dict(pos_encoding="rope", qk_norm=True),
+]
 
 
 def cfg_with(**kw) -> ModelConfig:
@@ -30,7 +35,7 @@ def test_shapes_and_loss_at_init(kw):
     targets = torch.randint(0, cfg.vocab_size, (3, 40))
     logits, loss = model(idx, targets)
     assert logits.shape == (3, 40, cfg.vocab_size)
-    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.1   # near-uniform predictions at init
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.1  # near-uniform predictions at init
     assert model(idx)[1] is None
 
 
@@ -74,7 +79,7 @@ def test_sinusoidal_is_added_to_the_input_and_has_no_parameters():
     cfg = cfg_with(pos_encoding="sinusoidal")
     model = GPT(cfg)
     assert not any("wpe" in n for n, _ in model.named_parameters())
-    assert "transformer.wpe.table" not in model.state_dict()        # recomputed, not stored
+    assert "transformer.wpe.table" not in model.state_dict()  # recomputed, not stored
     h0 = model.transformer.wte(torch.tensor([[5, 5]]))
     x = model.transformer.wpe.add_to_input(h0, torch.arange(2))
     assert torch.allclose(x[0, 1] - h0[0, 1], sinusoidal_table(64, 32)[1])
@@ -85,6 +90,7 @@ def test_rope_rotates_queries_and_keys_by_relative_position():
     cfg = cfg_with(pos_encoding="rope")
     rope = POSITIONAL["rope"](cfg)
     from pocketgpt.model.positional import apply_rotary
+
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 1, cfg.head_dim), torch.randn(1, 1, 1, cfg.head_dim)
 
@@ -92,6 +98,7 @@ def test_rope_rotates_queries_and_keys_by_relative_position():
         qi = apply_rotary(q, rope.rotation(torch.tensor([i])))
         kj = apply_rotary(k, rope.rotation(torch.tensor([j])))
         return (qi * kj).sum().item()
+
     assert score(5, 2) == pytest.approx(score(13, 10), abs=1e-5)
     assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
 
@@ -106,7 +113,7 @@ def test_attention_equals_the_handwritten_formula():
     B, T, C = x.shape
     q, k, v = attn.c_attn(x).split(C, dim=2)
     q, k, v = (t.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2) for t in (q, k, v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(cfg.head_dim)                  # (B, nh, T, T)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(cfg.head_dim)  # (B, nh, T, T)
     scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
     expected = attn.c_proj(y)
@@ -121,7 +128,7 @@ def test_gelu_is_the_exact_erf_formula():
     assert torch.allclose(model.transformer.h[0].mlp.act(x), expected, atol=1e-6)
     # GPT-2's tanh approximation is a different (close) function; the articles' formula mixes the two up
     tanh = GPT(cfg_with(activation="gelu_tanh")).transformer.h[0].mlp.act(x)
-    approx = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    approx = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     assert torch.allclose(tanh, approx, atol=1e-6)
     assert (tanh - expected).abs().max() > 1e-5
 
@@ -141,8 +148,8 @@ def test_kv_cache_decoding_equals_full_forward(pos):
     idx = torch.randint(0, 300, (2, 40))
     full, _ = model(idx)
     cache = KVCache(cfg, batch_size=2)
-    parts = [model(idx[:, :9], kv_cache=cache)[0], model(idx[:, 9:15], kv_cache=cache)[0]]   # prefill, then a chunk
-    parts += [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(15, 40)]            # one token per step
+    parts = [model(idx[:, :9], kv_cache=cache)[0], model(idx[:, 9:15], kv_cache=cache)[0]]  # prefill, then a chunk
+    parts += [model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(15, 40)]  # one token per step
     assert (torch.cat(parts, dim=1) - full).abs().max().item() < 1e-5
     assert cache.pos == 40
 
@@ -155,12 +162,14 @@ def test_context_overflow_is_an_error():
 
 def test_gpt2_preset_has_124m_parameters():
     cfg = model_preset("gpt2")
-    n = sum(p.numel() for p in GPT(cfg).parameters())       # built once: ~0.5 s
-    assert n == 124_439_808                                  # Hugging Face's gpt2, counted the same way
+    n = sum(p.numel() for p in GPT(cfg).parameters())  # built once: ~0.5 s
+    assert n == 124_439_808  # Hugging Face's gpt2, counted the same way
 
 
-@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(dropout=1.0),
-                                 dict(n_embd=6, n_head=2, pos_encoding="rope")])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(dropout=1.0), dict(n_embd=6, n_head=2, pos_encoding="rope")],
+)
 def test_bad_config_names_the_value(bad):
     with pytest.raises(UserError):
         cfg_with(**bad)

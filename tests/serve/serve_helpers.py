@@ -42,8 +42,9 @@ def chat_ckpt(tmp_path_factory):
 
 def make_app(path, **kwargs):
     from pocketgpt.serve import create_app
+
     kwargs.setdefault("model_name", MODEL)
-    kwargs.setdefault("dtype", "float32")                 # what the references compute in, on every CPU
+    kwargs.setdefault("dtype", "float32")  # what the references compute in, on every CPU
     return create_app(load_checkpoint(path), **kwargs)
 
 
@@ -51,6 +52,7 @@ def make_app(path, **kwargs):
 def running(app):
     """Serve `app` with uvicorn on a free 127.0.0.1 port in a thread; yields "http://127.0.0.1:PORT"."""
     import uvicorn
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -16,14 +16,18 @@ def test_requests_beyond_the_in_flight_limit_get_an_openai_429(chat_ckpt):
     async def main(url: str):
         release = asyncio.Event()
 
-        async def slow_body():                            # holds its request in flight until released
+        async def slow_body():  # holds its request in flight until released
             yield b'{"model": "tiny", "prompt": "hi", '
             await release.wait()
             yield b'"max_tokens": 2}'
 
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            held = [asyncio.create_task(c.post("/v1/completions", content=slow_body(),
-                                               headers={"content-type": "application/json"})) for _ in range(2)]
+            held = [
+                asyncio.create_task(
+                    c.post("/v1/completions", content=slow_body(), headers={"content-type": "application/json"})
+                )
+                for _ in range(2)
+            ]
             for _ in range(1000):
                 if app.active == 2:
                     break

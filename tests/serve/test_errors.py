@@ -40,18 +40,52 @@ def test_bad_parameters_are_400_naming_the_parameter(server):
 
 
 MALFORMED = [
-    b"{not json", b"", b"null", b"[]", b'"text"', b"7", b"[" * 100_000, b'{"temperature": NaN}', b"\xff\xfe\x00",
+    b"{not json",
+    b"",
+    b"null",
+    b"[]",
+    b'"text"',
+    b"7",
+    b"[" * 100_000,
+    b'{"temperature": NaN}',
+    b"\xff\xfe\x00",
 ]
 BAD_FIELDS = [
-    {"messages": "hello"}, {"messages": []}, {"messages": [5]}, {"messages": [{"role": "bot", "content": "x"}]},
-    {"messages": [{"role": "user", "content": 5}]}, {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
-    {"max_tokens": -1}, {"max_tokens": 10 ** 9}, {"max_tokens": "many"}, {"max_tokens": 2.5}, {"temperature": "hot"},
-    {"temperature": True}, {"top_p": 2}, {"n": 0}, {"n": 10 ** 6}, {"seed": "x"}, {"stop": ["a"] * 9}, {"stop": [""]},
-    {"stop": 5}, {"logit_bias": {"abc": 1}}, {"logit_bias": {"1": 1000}}, {"logit_bias": []},
-    {"presence_penalty": 3}, {"frequency_penalty": float("inf")}, {"stream": "yes"}, {"top_logprobs": 3},
-    {"logprobs": True, "top_logprobs": 50}, {"stream_options": {"include_usage": True}}, {"tools": [{"x": 1}]},
-    {"response_format": {"type": "json_object"}}, {"unknown_field": 1}, {"model": 5}, {"user": []},
-    {"top_k": -1}, {"min_p": 9},
+    {"messages": "hello"},
+    {"messages": []},
+    {"messages": [5]},
+    {"messages": [{"role": "bot", "content": "x"}]},
+    {"messages": [{"role": "user", "content": 5}]},
+    {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
+    {"max_tokens": -1},
+    {"max_tokens": 10**9},
+    {"max_tokens": "many"},
+    {"max_tokens": 2.5},
+    {"temperature": "hot"},
+    {"temperature": True},
+    {"top_p": 2},
+    {"n": 0},
+    {"n": 10**6},
+    {"seed": "x"},
+    {"stop": ["a"] * 9},
+    {"stop": [""]},
+    {"stop": 5},
+    {"logit_bias": {"abc": 1}},
+    {"logit_bias": {"1": 1000}},
+    {"logit_bias": []},
+    {"presence_penalty": 3},
+    {"frequency_penalty": float("inf")},
+    {"stream": "yes"},
+    {"top_logprobs": 3},
+    {"logprobs": True, "top_logprobs": 50},
+    {"stream_options": {"include_usage": True}},
+    {"tools": [{"x": 1}]},
+    {"response_format": {"type": "json_object"}},
+    {"unknown_field": 1},
+    {"model": 5},
+    {"user": []},
+    {"top_k": -1},
+    {"min_p": 9},
 ]
 
 
@@ -66,7 +100,7 @@ def test_malformed_requests_never_yield_a_5xx(server):
             r = h.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"})
             err = assert_error(r, 400)
             assert "pydantic" not in r.text and "loc" not in err, r.text
-        for prompt in ([], [[]], [-1], [True], [1, "a"], {"a": 1}, None, 10 ** 9):
+        for prompt in ([], [[]], [-1], [True], [1, "a"], {"a": 1}, None, 10**9):
             r = h.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
             assert_error(r, 400, "prompt")
         assert_error(h.post("/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True}), 400, "echo")
@@ -74,13 +108,13 @@ def test_malformed_requests_never_yield_a_5xx(server):
         assert_error(h.get("/v2/nothing"), 404)
         assert_error(h.get("/v1/models/other"), 404, "model")
         assert_error(h.post("/v1/chat/completions", content=b"x" * (2 << 20)), 413)
-        assert h.get("/health").json()["status"] == "ok"                 # still serving
+        assert h.get("/health").json()["status"] == "ok"  # still serving
 
 
 def test_a_checkpoint_without_chat_tokens_refuses_chat(chat_ckpt):
     ck = load_checkpoint(chat_ckpt)
     char = Tokenizer.train(["abc"], vocab_size=None, kind="char")
-    plain = Tokenizer("char", char._tokens[:257], {"<|endoftext|>": 256})          # bytes + <|endoftext|> only
+    plain = Tokenizer("char", char._tokens[:257], {"<|endoftext|>": 256})  # bytes + <|endoftext|> only
     app = create_app(Checkpoint(ck.path, ck.model, plain, {}), model_name=MODEL)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as h:
         err = assert_error(h.post("/v1/chat/completions", json=CHAT), 400, "messages")
@@ -110,7 +144,7 @@ def _first_chunk(url: str, holder: list, ready: threading.Event) -> None:
     body = {**LONG, "stream": True}
     with httpx.Client(base_url=url, timeout=60) as h, h.stream("POST", "/v1/completions", json=body) as r:
         holder.append(r.status_code)
-        lines = r.iter_lines()                       # kept referenced: closing it would close the connection
+        lines = r.iter_lines()  # kept referenced: closing it would close the connection
         for line in lines:
             if line.startswith("data:"):
                 break
@@ -127,22 +161,22 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_slot(chat_ckpt):
         a, a_ready = [], threading.Event()
         ta = threading.Thread(target=_first_chunk, args=(url, a, a_ready))
         ta.start()
-        assert a_ready.wait(30) and a[0] == 200                       # a holds the only row
+        assert a_ready.wait(30) and a[0] == 200  # a holds the only row
         b, b_ready = [], threading.Event()
         tb = threading.Thread(target=_first_chunk, args=(url, b, b_ready))
         tb.start()
         deadline = time.monotonic() + 30
-        while sched.stats()["waiting"] < 1:                          # b waits in the queue
+        while sched.stats()["waiting"] < 1:  # b waits in the queue
             assert time.monotonic() < deadline
             time.sleep(0.02)
         r = h.post("/v1/chat/completions", json=CHAT)
-        assert_error(r, 429)["code"] == "queue_full"
+        assert assert_error(r, 429)["code"] == "queue_full"
         assert r.headers["retry-after"] == "1"
         with pytest.raises(openai.RateLimitError):
             client(url).chat.completions.create(**CHAT)
-        a.append("drop")                                              # a's client goes away ...
+        a.append("drop")  # a's client goes away ...
         ta.join(30)
-        assert b_ready.wait(30) and b[0] == 200                       # ... which frees the row for b
+        assert b_ready.wait(30) and b[0] == 200  # ... which frees the row for b
         b.append("drop")
         tb.join(30)
         deadline = time.monotonic() + 30
@@ -151,13 +185,13 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_slot(chat_ckpt):
             time.sleep(0.02)
         assert sched.finished >= 2
         assert h.post("/v1/chat/completions", json=CHAT).status_code == 200
-        calls = sched.decode_calls                                    # a JSON request whose client leaves ...
+        calls = sched.decode_calls  # a JSON request whose client leaves ...
         with pytest.raises(httpx.ReadTimeout):
             h.post("/v1/completions", json=LONG, timeout=httpx.Timeout(30, read=0.3))
         deadline = time.monotonic() + 30
-        while sched.stats()["running"]:                               # ... is cancelled within a poll interval
+        while sched.stats()["running"]:  # ... is cancelled within a poll interval
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert sched.decode_calls - calls < LONG["max_tokens"] - 1
-        sched.close()                                                 # shutting down: 503
+        sched.close()  # shutting down: 503
         assert_error(h.post("/v1/chat/completions", json=CHAT), 503)

@@ -30,10 +30,22 @@ def test_help_lists_the_limits(capsys):
         code = e.code
     out = capsys.readouterr().out
     assert code == 0
-    for flag in ("--host", "--port", "--api-key", "--max-batch", "--max-queue", "--max-tokens", "--max-prompt-tokens",
-                 "--max-body-bytes", "--max-n", "--model-name", "--dtype", "--device"):
+    for flag in (
+        "--host",
+        "--port",
+        "--api-key",
+        "--max-batch",
+        "--max-queue",
+        "--max-tokens",
+        "--max-prompt-tokens",
+        "--max-body-bytes",
+        "--max-n",
+        "--model-name",
+        "--dtype",
+        "--device",
+    ):
         assert flag in out
-    assert "sequences decoded together" in out                      # help text from ServeConfig's field docs
+    assert "sequences decoded together" in out  # help text from ServeConfig's field docs
     assert "127.0.0.1" in out
 
 
@@ -56,20 +68,23 @@ def _one_line_error(capsys, args: list[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--port", "0"], ["port must be an integer in 1..65535", "got 0"]),
-    (["--port", "70000"], ["port", "got 70000"]),
-    (["--port", "-1"], ["port", "got -1"]),
-    (["--max-batch", "0"], ["max_batch must be a positive integer", "got 0"]),
-    (["--max-queue", "-1"], ["max_queue must be a positive integer", "got -1"]),
-    (["--max_tokens", "-5"], ["max_tokens must be a positive integer", "got -5"]),
-    (["--max-prompt-tokens", "0"], ["max_prompt_tokens", "got 0"]),
-    (["--max-body-bytes", "-1"], ["max_body_bytes", "got -1"]),
-    (["--max-n", "0"], ["max_n", "got 0"]),
-    (["--device", "tpu"], ["device", "'tpu'"]),
-    (["--dtype", "float16"], ["dtype", "float16"]),
-    (["--api-key", ""], ["api_key is empty"]),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--port", "0"], ["port must be an integer in 1..65535", "got 0"]),
+        (["--port", "70000"], ["port", "got 70000"]),
+        (["--port", "-1"], ["port", "got -1"]),
+        (["--max-batch", "0"], ["max_batch must be a positive integer", "got 0"]),
+        (["--max-queue", "-1"], ["max_queue must be a positive integer", "got -1"]),
+        (["--max_tokens", "-5"], ["max_tokens must be a positive integer", "got -5"]),
+        (["--max-prompt-tokens", "0"], ["max_prompt_tokens", "got 0"]),
+        (["--max-body-bytes", "-1"], ["max_body_bytes", "got -1"]),
+        (["--max-n", "0"], ["max_n", "got 0"]),
+        (["--device", "tpu"], ["device", "'tpu'"]),
+        (["--dtype", "float16"], ["dtype", "float16"]),
+        (["--api-key", ""], ["api_key is empty"]),
+    ],
+)
 def test_bad_serve_config_values_are_one_line_errors(capsys, chat_ckpt, flags, words):
     line = _one_line_error(capsys, ["serve", chat_ckpt, *flags])
     for w in words:
@@ -82,16 +97,24 @@ def test_a_bad_api_key_is_refused_without_echoing_it(capsys, chat_ckpt):
 
 
 def test_serve_config_is_the_one_schema():
-    assert ServeLimits is ServeConfig                               # the old name still works
+    assert ServeLimits is ServeConfig  # the old name still works
     assert ServeConfig().host == "127.0.0.1" and ServeConfig().port == 8000
-    for bad in ({"port": 0}, {"port": 70000}, {"port": True}, {"max_queue": -3}, {"max_batch": 0},
-                {"max_prompt_tokens": -1}, {"host": ""}, {"dtype": "fp8"}):
+    for bad in (
+        {"port": 0},
+        {"port": 70000},
+        {"port": True},
+        {"max_queue": -3},
+        {"max_batch": 0},
+        {"max_prompt_tokens": -1},
+        {"host": ""},
+        {"dtype": "fp8"},
+    ):
         with pytest.raises(UserError, match=next(iter(bad))):
             ServeConfig(**bad)
     base = ServeConfig(max_batch=2)
     assert serve_config(base, dtype="float32") == ServeConfig(max_batch=2, dtype="float32")
     assert serve_config(limits=base) is base
-    with pytest.raises(UserError, match="max_tokens"):              # overrides are checked too
+    with pytest.raises(UserError, match="max_tokens"):  # overrides are checked too
         serve_config(base, max_tokens=0)
 
 
@@ -99,7 +122,7 @@ def test_startup_message_names_the_chat_page_and_the_api():
     msg = startup_message("run", "127.0.0.1", 8123)
     assert "http://127.0.0.1:8123/\n" in msg and msg.endswith("http://127.0.0.1:8123/v1")
     assert "http://[::1]:8000/v1" in startup_message("run", "::1", 8000)
-    wild = startup_message("run", "0.0.0.0", 8000)                  # a wildcard bind: a URL this machine can open
+    wild = startup_message("run", "0.0.0.0", 8000)  # a wildcard bind: a URL this machine can open
     assert "all interfaces" in wild and "http://127.0.0.1:8000/" in wild
 
 
@@ -112,9 +135,27 @@ def _free_port() -> int:
 def test_serve_in_a_subprocess(chat_ckpt):
     port = _free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pocketgpt.cli.main", "serve", str(chat_ckpt.parent), "--port",
-                             str(port), "--max-batch", "2", "--dtype", "float32", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pocketgpt.cli.main",
+            "serve",
+            str(chat_ckpt.parent),
+            "--port",
+            str(port),
+            "--max-batch",
+            "2",
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -128,7 +169,7 @@ def test_serve_in_a_subprocess(chat_ckpt):
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
         c = client(url)
-        assert [m.id for m in c.models.list().data] == ["run"]              # the run folder's name
+        assert [m.id for m in c.models.list().data] == ["run"]  # the run folder's name
         r = c.chat.completions.create(model="run", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 4
     finally:

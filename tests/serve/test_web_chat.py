@@ -28,10 +28,18 @@ from pocketgpt.tokenizer.chat import TEMPLATE
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "test-artifacts" / "chat-page.png"
 CHROMIUM = os.environ.get("POCKETGPT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 KEY = "web-test-key"
-LONG = 100_000               # max tokens of the answer the Stop button ends (minutes at the paced speed)
+LONG = 100_000  # max tokens of the answer the Stop button ends (minutes at the paced speed)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,9 @@ def web_ckpt(tmp_path_factory):
     tok = Tokenizer.train([make_text(200)], vocab_size=300)
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=4096, vocab_size=tok.n_vocab))
-    return save_checkpoint(tmp_path_factory.mktemp("web") / "run", "ckpt-0000001", model, tok, step=1,
-                           extra={"chat_template": TEMPLATE})
+    return save_checkpoint(
+        tmp_path_factory.mktemp("web") / "run", "ckpt-0000001", model, tok, step=1, extra={"chat_template": TEMPLATE}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +66,7 @@ def web(web_ckpt):
     def paced_decode(*args, **kwargs):
         time.sleep(0.003)
         return decode(*args, **kwargs)
+
     scheduler.engine.decode = paced_decode
     with running(app) as url:
         yield url, scheduler
@@ -79,7 +89,7 @@ def browser():
     with sync_playwright() as p:
         try:
             b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
-        except Exception as e:                              # noqa: BLE001  (any launch failure: say why)
+        except Exception as e:  # noqa: BLE001  (any launch failure: say why)
             _unavailable(f"Chromium at {CHROMIUM} did not start: {str(e).strip().splitlines()[0]}")
         try:
             yield b
@@ -88,6 +98,7 @@ def browser():
 
 
 # ---- over HTTP, no browser ----
+
 
 def test_page_and_its_files_need_no_key(web):
     url, _ = web
@@ -98,19 +109,25 @@ def test_page_and_its_files_need_no_key(web):
     assert page.headers["x-content-type-options"] == "nosniff"
     html = page.text
     assert 'src="/static/chat.js"' in html and 'href="/static/chat.css"' in html
-    assert not re.search(r"(src|href)=\"(https?:)?//", html)                 # nothing from elsewhere
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from elsewhere
     for name, kind in (("chat.js", "javascript"), ("chat.css", "text/css")):
         r = httpx.get(f"{url}/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
         assert "http://" not in r.text and "https://" not in r.text and "@import" not in r.text
     assert "innerHTML" not in httpx.get(url + "/static/chat.js").text
-    assert httpx.get(url + "/v1/models").status_code == 401                  # the API itself still needs the key
+    assert httpx.get(url + "/v1/models").status_code == 401  # the API itself still needs the key
 
 
 def test_static_serves_only_its_fixed_files(web):
     url, _ = web
-    for path in ("/static/app.py", "/static/index.html.bak", "/static/..%2fapp.py", "/static/%2e%2e/app.py",
-                 "/static/", "/static/chat.js/x"):
+    for path in (
+        "/static/app.py",
+        "/static/index.html.bak",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e/app.py",
+        "/static/",
+        "/static/chat.js/x",
+    ):
         r = httpx.get(url + path)
         assert r.status_code == 404, path
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
@@ -119,14 +136,18 @@ def test_static_serves_only_its_fixed_files(web):
 
 # ---- in Chromium ----
 
+
 def _last_answer_length(page) -> int:
-    return page.evaluate("() => { const a = document.querySelectorAll('.msg.assistant .text');"
-                         " return a.length ? a[a.length - 1].textContent.length : -1; }")
+    return page.evaluate(
+        "() => { const a = document.querySelectorAll('.msg.assistant .text');"
+        " return a.length ? a[a.length - 1].textContent.length : -1; }"
+    )
 
 
 def _settle(page, answers: int) -> None:
     """Wait until the page holds `answers` assistant messages and none is streaming."""
     from playwright.sync_api import expect
+
     expect(page.locator("#send")).to_be_enabled(timeout=20_000)
     if page.locator("#error").is_visible():
         pytest.fail(f"the page shows an error: {page.locator('#error').text_content()}", pytrace=False)
@@ -153,6 +174,7 @@ def _running(url: str) -> dict:
 
 def test_chat_session_in_chromium(web, browser):
     from playwright.sync_api import expect
+
     url, _ = web
     context = browser.new_context(viewport={"width": 1100, "height": 800})
     page = context.new_page()
@@ -168,7 +190,7 @@ def test_chat_session_in_chromium(web, browser):
         expect(error).to_contain_text("You didn't provide an API key")
         expect(error).to_contain_text("HTTP 401")
         expect(page.locator("#model-name")).to_have_text("unavailable")
-        expect(page.locator("#settings")).to_have_attribute("open", "")     # opened to show the key field
+        expect(page.locator("#settings")).to_have_attribute("open", "")  # opened to show the key field
         _set(page, "#api-key", KEY)
         expect(page.locator("#model-name")).to_have_text(MODEL)
         expect(error).to_be_hidden()
@@ -193,8 +215,10 @@ def test_chat_session_in_chromium(web, browser):
         body = req.post_data_json
         assert body["stream"] is True and body["model"] == MODEL
         assert (body["max_tokens"], body["temperature"], body["top_p"]) == (12, 0.7, 0.9)
-        assert body["messages"] == [{"role": "system", "content": "Be brief."},
-                                    {"role": "user", "content": "first line\nsecond line"}]
+        assert body["messages"] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "first line\nsecond line"},
+        ]
         _settle(page, 1)
         expect(prompt).to_have_value("")
         expect(page.locator(".msg.user .text")).to_have_text("first line\nsecond line")
@@ -203,11 +227,13 @@ def test_chat_session_in_chromium(web, browser):
         expect(page.locator(".msg.assistant .note").first).to_have_text("Reached the max tokens limit.")
 
         # A second turn carries the whole conversation; a user's markup stays text.
-        markup = "<img src=x onerror=\"window.pwned=1\"> <b>bold?</b>"
+        markup = '<img src=x onerror="window.pwned=1"> <b>bold?</b>'
         body = _send(page, markup).post_data_json
-        assert body["messages"][1:] == [{"role": "user", "content": "first line\nsecond line"},
-                                        {"role": "assistant", "content": first},
-                                        {"role": "user", "content": markup}]
+        assert body["messages"][1:] == [
+            {"role": "user", "content": "first line\nsecond line"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": markup},
+        ]
         _settle(page, 2)
         expect(page.locator(".msg.user .text").nth(1)).to_have_text(markup)
         assert page.locator("#conversation img, #conversation b").count() == 0
@@ -217,12 +243,17 @@ def test_chat_session_in_chromium(web, browser):
         _set(page, "#max-tokens", str(LONG))
         _send(page, "Tell me everything.")
         expect(page.locator("#stop")).to_be_visible()
-        page.wait_for_function("() => { const a = document.querySelectorAll('.msg.assistant .text');"
-                               " return a.length === 3 && a[2].textContent.length > 0; }")
+        page.wait_for_function(
+            "() => { const a = document.querySelectorAll('.msg.assistant .text');"
+            " return a.length === 3 && a[2].textContent.length > 0; }"
+        )
         seen = [_last_answer_length(page)]
         for _ in range(2):
-            page.wait_for_function("n => { const a = document.querySelectorAll('.msg.assistant .text');"
-                                   " return a[a.length - 1].textContent.length > n; }", arg=seen[-1])
+            page.wait_for_function(
+                "n => { const a = document.querySelectorAll('.msg.assistant .text');"
+                " return a[a.length - 1].textContent.length > n; }",
+                arg=seen[-1],
+            )
             seen.append(_last_answer_length(page))
         assert seen[0] < seen[1] < seen[2], seen
         assert _running(url)["running"] == 1
@@ -233,9 +264,9 @@ def test_chat_session_in_chromium(web, browser):
         print(f"\nthe stopped answer: {stopped} characters")
         expect(page.locator(".msg.assistant .note").nth(2)).to_have_text("Stopped.")
         page.wait_for_timeout(400)
-        assert _last_answer_length(page) == stopped                       # no longer growing
+        assert _last_answer_length(page) == stopped  # no longer growing
         deadline = time.monotonic() + 10
-        while (h := _running(url))["running"] or h["waiting"]:            # the server freed the row
+        while (h := _running(url))["running"] or h["waiting"]:  # the server freed the row
             assert time.monotonic() < deadline, f"the stopped answer still runs on the server: {h}"
             time.sleep(0.05)
         partial = page.locator(".msg.assistant .text").nth(2).text_content()
@@ -243,12 +274,14 @@ def test_chat_session_in_chromium(web, browser):
         # The next request succeeds, and the stopped answer stays in the conversation as far as it got.
         _set(page, "#max-tokens", "6")
         body = _send(page, "Thanks, that is enough.").post_data_json
-        assert body["messages"][-2:] == [{"role": "assistant", "content": partial},
-                                         {"role": "user", "content": "Thanks, that is enough."}]
+        assert body["messages"][-2:] == [
+            {"role": "assistant", "content": partial},
+            {"role": "user", "content": "Thanks, that is enough."},
+        ]
         _settle(page, 4)
         expect(page.locator(".msg.assistant .note").nth(3)).to_have_text("Reached the max tokens limit.")
         expect(error).to_be_hidden()
-        page.locator("#settings summary").click()                          # closed, to show the conversation
+        page.locator("#settings summary").click()  # closed, to show the conversation
         expect(page.locator("#settings")).not_to_have_attribute("open", "")
         ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACT), full_page=False)
@@ -264,7 +297,7 @@ def test_chat_session_in_chromium(web, browser):
         expect(prompt).to_have_value("One more?")
         _set(page, "#max-tokens", "6")
         _set(page, "#api-key", "wrong-key")
-        expect(error).to_contain_text("(HTTP 401): Incorrect API key provided.")          # from /v1/models
+        expect(error).to_contain_text("(HTTP 401): Incorrect API key provided.")  # from /v1/models
         _send(page, "One more?")
         expect(error).to_contain_text("(HTTP 401): Incorrect API key provided.")
         text = error.text_content()
@@ -277,8 +310,10 @@ def test_chat_session_in_chromium(web, browser):
         # only the new turn.
         _set(page, "#max-tokens", str(LONG))
         _send(page, "Another long one.")
-        page.wait_for_function("() => { const a = document.querySelectorAll('.msg.assistant .text');"
-                               " return a.length === 5 && a[4].textContent.length > 0; }")
+        page.wait_for_function(
+            "() => { const a = document.querySelectorAll('.msg.assistant .text');"
+            " return a.length === 5 && a[4].textContent.length > 0; }"
+        )
         page.locator("#new-chat").click()
         expect(page.locator(".msg")).to_have_count(0)
         expect(page.locator("#stop")).to_be_hidden()
@@ -290,8 +325,10 @@ def test_chat_session_in_chromium(web, browser):
         expect(page.locator("#empty")).to_be_visible()
         expect(error).to_be_hidden()
         body = _send(page, "Hello again.").post_data_json
-        assert body["messages"] == [{"role": "system", "content": "Be brief."},
-                                    {"role": "user", "content": "Hello again."}]
+        assert body["messages"] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello again."},
+        ]
         _settle(page, 1)
 
         # Settings survive a reload (localStorage), the key included.

@@ -23,7 +23,7 @@ GPT2_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/gpt2"
 
 WORDS = (
     "the quick brown fox jumps over the lazy dog and it's what we've said they're here I'm "
-    "def return import numpy as np for i in range(10): print(i) x = [1, 2, 3] {\"a\": 1} "
+    'def return import numpy as np for i in range(10): print(i) x = [1, 2, 3] {"a": 1} '
     "1234567 3.14159 2024-01-01 naïve café résumé Straße Ωμέγα Привет мир مرحبا بالعالم "
     "日本語のテキスト 中文字符测试 你好世界 한국어 😀 👍🏽 👩‍👩‍👧‍👦 🇫🇷 ✓ → ∑ ∞"
 ).split(" ")
@@ -255,7 +255,11 @@ def test_save_load_equality(any_tok, tmp_path):
     loaded = Tokenizer.load(tmp_path / "tok")
     assert load_tokenizer(path) == loaded == any_tok
     assert loaded.fingerprint() == any_tok.fingerprint() == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert (loaded.kind, loaded.n_vocab, loaded.special_tokens) == (any_tok.kind, any_tok.n_vocab, any_tok.special_tokens)
+    assert (loaded.kind, loaded.n_vocab, loaded.special_tokens) == (
+        any_tok.kind,
+        any_tok.n_vocab,
+        any_tok.special_tokens,
+    )
     for text in (HELD_OUT, ROUND_TRIP["escaped_bytes"], f"x{EOT}y"):
         assert loaded.encode(text, "all") == any_tok.encode(text, "all")
     assert np.array_equal(loaded.token_byte_lengths(), any_tok.token_byte_lengths())
@@ -346,7 +350,9 @@ def test_real_gpt2_files(tmp_path):
     assert [tok.encode(t) for t in texts] == hf_encode(tmp_path, texts)
     tok.save_gpt2_files(tmp_path / "export")  # recovers GPT-2's merges from the ranks alone
     assert (tmp_path / "export/merges.txt").read_text().strip() == (GPT2_DIR / "vocab.bpe").read_text().strip()
-    assert json.loads((tmp_path / "export/vocab.json").read_text()) == json.loads((GPT2_DIR / "encoder.json").read_text())
+    assert json.loads((tmp_path / "export/vocab.json").read_text()) == json.loads(
+        (GPT2_DIR / "encoder.json").read_text()
+    )
 
 
 def test_package_needs_no_torch():

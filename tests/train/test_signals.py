@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import TINY_TRAIN_FLAGS
 
 
@@ -18,15 +17,26 @@ def flags(n_steps: int) -> list[str]:
     i = out.index("--train.max_steps")
     out[i + 1] = str(n_steps)
     for name in ("--train.save_every", "--train.eval_every"):
-        out[out.index(name) + 1] = "0"                      # no periodic saves: the signal must cause the save
+        out[out.index(name) + 1] = "0"  # no periodic saves: the signal must cause the save
     return out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, corpus_file, sig):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pocketgpt.cli.main", "train", "--data", str(corpus_file), "--out", str(out),
-           "--cache_dir", str(tmp_path / "cache"), *flags(100000)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pocketgpt.cli.main",
+        "train",
+        "--data",
+        str(corpus_file),
+        "--out",
+        str(out),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        *flags(100000),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -40,15 +50,39 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, corpus_file, sig)
     step = json.loads((out / latest / "config.json").read_text())["step"]
     assert step >= 3 and latest == f"ckpt-{step:07d}"
     # the saved run continues from where it stopped
-    code = subprocess.run([sys.executable, "-m", "pocketgpt.cli.main", "train", "--out", str(out), "--resume",
-                           "--train.max_steps", str(step + 2)], capture_output=True, text=True, timeout=120)
+    code = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pocketgpt.cli.main",
+            "train",
+            "--out",
+            str(out),
+            "--resume",
+            "--train.max_steps",
+            str(step + 2),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert code.returncode == 0, code.stderr
     assert (out / f"ckpt-{step + 2:07d}").exists()
 
 
 @pytest.mark.slow
 def test_torch_compile_trains(tmp_path, corpus_file, run_cli):
-    code, out, err = run_cli("train", "--data", corpus_file, "--out", tmp_path / "run", "--cache_dir", tmp_path / "c",
-                             *flags(3), "--train.compile", "true")
+    code, out, err = run_cli(
+        "train",
+        "--data",
+        corpus_file,
+        "--out",
+        tmp_path / "run",
+        "--cache_dir",
+        tmp_path / "c",
+        *flags(3),
+        "--train.compile",
+        "true",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "final.json").read_text())["step"] == 3

@@ -35,14 +35,14 @@ def run(sched: Scheduler, limit: int = 10_000) -> None:
 
 def test_two_requests_share_every_decode_forward_and_equal_their_alone_results(engine):
     sched = Scheduler(engine, max_batch=4)
-    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8]]                 # different lengths: padding + per-row positions
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8]]  # different lengths: padding + per-row positions
     handles = [sched.submit(p, GREEDY) for p in prompts]
     run(sched)
     for p, h in zip(prompts, handles):
         assert h.result().tokens == alone(engine, p, GREEDY)[0].tokens
         assert h.finish_reason == "length" and h.completion_tokens == 12
-    assert sched.prefill_calls == 1                           # admitted together: one prefill for both
-    assert list(sched.decode_batch_sizes) == [2] * 11         # one forward per step serves both rows
+    assert sched.prefill_calls == 1  # admitted together: one prefill for both
+    assert list(sched.decode_batch_sizes) == [2] * 11  # one forward per step serves both rows
     assert sched.decode_calls == 11
 
 
@@ -52,7 +52,7 @@ def test_a_request_joining_mid_flight_is_batched_and_unchanged(engine):
     a = sched.submit([5, 6, 7], long)
     for _ in range(6):
         sched.step()
-    b = sched.submit(list(range(10, 40)), GREEDY)             # longer prompt than a's cache: a's rows re-align
+    b = sched.submit(list(range(10, 40)), GREEDY)  # longer prompt than a's cache: a's rows re-align
     run(sched)
     assert a.result().tokens == alone(engine, [5, 6, 7], long)[0].tokens
     assert b.result().tokens == alone(engine, list(range(10, 40)), GREEDY)[0].tokens
@@ -61,7 +61,7 @@ def test_a_request_joining_mid_flight_is_batched_and_unchanged(engine):
 
 def test_generation_past_the_context_slides_like_the_engine(engine):
     sched = Scheduler(engine, max_batch=4)
-    far = SampleConfig(max_new_tokens=150, temperature=0)      # block_size 64: the window slides twice or more
+    far = SampleConfig(max_new_tokens=150, temperature=0)  # block_size 64: the window slides twice or more
     prompts = [[1, 2], list(range(3, 50))]
     handles = [sched.submit(p, far) for p in prompts]
     for _ in range(40):
@@ -83,18 +83,28 @@ def test_the_batch_cache_grows_with_the_text_not_the_context(tiny_cfg):
         if sched._cache is not None:
             sizes.add(sched._cache.max_len)
             if len(sizes) == 2 and sched.stats()["running"] == 1:
-                b = sched.submit(list(range(5, 40)), far)         # joins a grown, partly filled cache
-    assert min(sizes) < 256 and len(sizes) >= 3                   # repacked with more room as the text grew
+                b = sched.submit(list(range(5, 40)), far)  # joins a grown, partly filled cache
+    assert min(sizes) < 256 and len(sizes) >= 3  # repacked with more room as the text grew
     assert a.result().tokens == alone(engine, [1, 2, 3], far)[0].tokens
     assert b.result().tokens == alone(engine, list(range(5, 40)), far)[0].tokens
 
 
 def test_seeded_samples_with_their_own_settings_repeat_their_alone_results(engine):
     sched = Scheduler(engine, max_batch=8)
-    configs = [SampleConfig(max_new_tokens=15, temperature=0.9, top_k=20, seed=3),
-               SampleConfig(max_new_tokens=9, temperature=1.2, top_p=0.8, seed=4, frequency_penalty=1.0),
-               SampleConfig(max_new_tokens=12, temperature=0.7, repetition_penalty=1.3, seed=5,
-                            logit_bias={3: 5.0}, presence_penalty=0.5, logprobs=True, top_logprobs=2)]
+    configs = [
+        SampleConfig(max_new_tokens=15, temperature=0.9, top_k=20, seed=3),
+        SampleConfig(max_new_tokens=9, temperature=1.2, top_p=0.8, seed=4, frequency_penalty=1.0),
+        SampleConfig(
+            max_new_tokens=12,
+            temperature=0.7,
+            repetition_penalty=1.3,
+            seed=5,
+            logit_bias={3: 5.0},
+            presence_penalty=0.5,
+            logprobs=True,
+            top_logprobs=2,
+        ),
+    ]
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
     handles = [sched.submit(p, s) for p, s in zip(prompts, configs)]
     n2 = sched.submit_all([2, 4, 6], SampleConfig(max_new_tokens=10, temperature=1.0, seed=11, num_samples=2))
@@ -115,7 +125,7 @@ def test_stop_ids_and_should_stop_end_a_row(engine):
     h = sched.submit([1, 2, 3], GREEDY, stop_ids=[free[4]])
     g = sched.submit([1, 2, 3], GREEDY, should_stop=lambda j, toks: len(toks) == 3)
     run(sched)
-    assert h.result().tokens == free[:free.index(free[4])] and h.finish_reason == "stop"
+    assert h.result().tokens == free[: free.index(free[4])] and h.finish_reason == "stop"
     assert g.result().tokens == free[:3] and g.finish_reason == "stop"
 
 
@@ -139,7 +149,7 @@ def test_a_full_queue_refuses_and_a_cancelled_waiter_leaves_it(engine):
     waiting = [sched.submit([1], GREEDY), sched.submit([2], GREEDY)]
     with pytest.raises(QueueFull):
         sched.submit([3], GREEDY)
-    with pytest.raises(QueueFull):                             # n sequences are queued all or none
+    with pytest.raises(QueueFull):  # n sequences are queued all or none
         sched.submit_all([3], SampleConfig(max_new_tokens=2, num_samples=3))
     waiting[0].cancel()
     assert waiting[0].finish_reason == "cancelled"
@@ -159,6 +169,7 @@ def test_the_thread_serves_asyncio_consumers(engine):
 
         async def collect(h):
             return [t.id async for t in h]
+
         return await asyncio.gather(*(collect(h) for h in hs))
 
     try:
@@ -180,9 +191,11 @@ def test_zero_max_tokens_and_bad_prompts(engine):
 
 def test_rows_sharing_settings_are_sampled_together_and_each_repeats_its_alone_result(engine):
     sched = Scheduler(engine, max_batch=8)
-    same = [SampleConfig(max_new_tokens=14, temperature=1.0, seed=20 + i) for i in range(4)]    # one vectorised group
-    other = [SampleConfig(max_new_tokens=10, temperature=0), SampleConfig(max_new_tokens=12, temperature=0.8, top_p=0.9,
-                                                                         seed=9, logit_bias={5: 4.0, 6: -100.0})]
+    same = [SampleConfig(max_new_tokens=14, temperature=1.0, seed=20 + i) for i in range(4)]  # one vectorised group
+    other = [
+        SampleConfig(max_new_tokens=10, temperature=0),
+        SampleConfig(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=9, logit_bias={5: 4.0, 6: -100.0}),
+    ]
     prompts = [[1, 2, 3], [4], [5, 6, 7, 8], [9, 10], [11, 12], [13]]
     handles = [sched.submit(p, s) for p, s in zip(prompts, same + other)]
     run(sched)
@@ -193,21 +206,25 @@ def test_rows_sharing_settings_are_sampled_together_and_each_repeats_its_alone_r
 
 def test_the_fast_draws_equal_torch_multinomial_in_the_scheduler(engine, monkeypatch):
     from pocketgpt.generate import sampling as S
-    configs = [SampleConfig(max_new_tokens=20, temperature=t, seed=s, top_k=k) for t, s, k in
-               [(1.0, 1, 0), (1.0, 2, 0), (0.7, 3, 50), (1.0, 4, 0)]]
+
+    configs = [
+        SampleConfig(max_new_tokens=20, temperature=t, seed=s, top_k=k)
+        for t, s, k in [(1.0, 1, 0), (1.0, 2, 0), (0.7, 3, 50), (1.0, 4, 0)]
+    ]
 
     def tokens():
         sched = Scheduler(engine, max_batch=4)
         hs = [sched.submit([i + 1, i + 2], c) for i, c in enumerate(configs)]
         run(sched)
         return [h.result().tokens for h in hs]
+
     fast = tokens()
     monkeypatch.setattr(S, "_FAST", False)
     assert tokens() == fast
 
 
 def test_bucketed_prefills_leave_every_row_unchanged(engine):
-    engine.bucket_prefill = True                      # what a CPU bf16 engine does; checked exactly here in fp32
+    engine.bucket_prefill = True  # what a CPU bf16 engine does; checked exactly here in fp32
     sched = Scheduler(engine, max_batch=4)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8], list(range(10, 31))]
     handles = [sched.submit(p, GREEDY) for p in prompts[:2]]
