@@ -69,12 +69,14 @@ def write_checkpoint_files(
     train_state: dict | None = None,
     extra: dict | None = None,
     write_weights: Callable[[Path], None] | None = None,
+    weights: dict | None = None,
 ) -> None:
-    """The files of one checkpoint, written into `folder` (which the caller publishes atomically)."""
+    """The files of one checkpoint, written into `folder` (which the caller publishes atomically).
+    `weights`: the model's full state dict when the caller has it (gathered from FSDP shards); default model's."""
     if write_weights is not None:
         write_weights(folder)
     else:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight", None)  # one copy of the shared matrix
         save_file(state, str(folder / "model.safetensors"))
@@ -96,6 +98,7 @@ def save_checkpoint(
     extra: dict | None = None,
     keep_last: int = 1,
     write_weights: Callable[[Path], None] | None = None,
+    weights: dict | None = None,
 ) -> Path:
     """Write run_dir/name atomically, point LATEST at it, then drop older checkpoints beyond keep_last.
 
@@ -108,7 +111,14 @@ def save_checkpoint(
     final = run_dir / name
     with atomic_dir(final, if_exists="park", park_as=run_dir / _backup_name(name)) as tmp:
         write_checkpoint_files(
-            tmp, model, tokenizer, step=step, train_state=train_state, extra=extra, write_weights=write_weights
+            tmp,
+            model,
+            tokenizer,
+            step=step,
+            train_state=train_state,
+            extra=extra,
+            write_weights=write_weights,
+            weights=weights,
         )
     atomic_write(run_dir / LATEST, name + "\n")
     fsync_dir(run_dir)

@@ -191,6 +191,13 @@ class TrainConfig(RuntimeConfig):
     max_time: float = 0.0
     """stop after this many seconds of training (0 = no limit); the learning-rate decay then follows whichever of
     steps or time runs out first, so a time-limited run is not bit-for-bit repeatable"""
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    """under torchrun with more than one process: ddp (DistributedDataParallel, the default) or fsdp (FSDP2: each block's
+    parameters, gradients and optimizer state sharded across processes); ignored in one process"""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend: auto = nccl when training on CUDA, gloo otherwise"""
+    dist_timeout_s: float = 600.0
+    """seconds a collective may wait for the other processes before the run fails (a lost rank never hangs it)"""
     samples: int = 2
     """samples printed at the end of training"""
     sample_tokens: int = 120
@@ -218,6 +225,10 @@ class TrainConfig(RuntimeConfig):
         _check(self.muon_lr > 0 and math.isfinite(self.muon_lr), f"train.muon_lr must be positive, got {self.muon_lr}")
         _check(0.0 <= self.muon_momentum < 1.0, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         _check(self.max_time >= 0 and math.isfinite(self.max_time), f"train.max_time must be >= 0, got {self.max_time}")
+        _check(
+            self.dist_timeout_s > 0 and math.isfinite(self.dist_timeout_s),
+            f"train.dist_timeout_s must be positive, got {self.dist_timeout_s}",
+        )
 
 
 @dataclass

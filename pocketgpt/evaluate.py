@@ -38,15 +38,15 @@ def loss_sums(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """float64 [summed loss, summed loss over byte-carrying targets, targets, bytes] over the windows `groups`
-    (a subset of eval_windows(n_tokens, ...)): sums, so shares computed apart (ranks) add up to the whole."""
+    """float64 (len(groups), 4): per group of windows [summed loss, summed loss over byte-carrying targets, targets,
+    bytes]. Kept per group, so shares computed apart (ranks) add up, in `add_in_order`, to exactly the whole."""
     device = torch.device(device)
     T = model.config.block_size
     tb = torch.as_tensor(np.asarray(token_bytes), dtype=torch.float64)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)
-    for group in groups:
+    sums = torch.zeros(len(groups), 4, dtype=torch.float64)
+    for i, group in enumerate(groups):
         length = min(T, n_tokens - 1 - group[0])
         buf = np.stack([np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in group])
         buf = torch.from_numpy(buf)
@@ -59,7 +59,7 @@ def loss_sums(
             .cpu()
         )
         nbytes = tb[y.reshape(-1)]
-        sums += torch.stack(
+        sums[i] = torch.stack(
             [
                 loss.sum(),
                 (loss * (nbytes > 0)).sum(),
@@ -71,8 +71,17 @@ def loss_sums(
     return sums
 
 
-def metrics_from_sums(sums: torch.Tensor) -> dict:
-    sum_loss, sum_loss_bytes, n_targets, n_bytes = (float(v) for v in sums)
+def add_in_order(rows: torch.Tensor) -> list[float]:
+    """The column sums of per-group rows, added one group after another (the same order on every rank and in one
+    process, so the result does not depend on how the groups were split)."""
+    total = [0.0, 0.0, 0.0, 0.0]
+    for row in rows.tolist():
+        total = [a + b for a, b in zip(total, row)]
+    return total
+
+
+def metrics_from_sums(rows: torch.Tensor) -> dict:
+    sum_loss, sum_loss_bytes, n_targets, n_bytes = add_in_order(rows)
     mean = sum_loss / n_targets
     return {
         "loss": mean,

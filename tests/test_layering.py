@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"finetune"},
     {"serve"},  # leaves: nothing imports serve but cli, and nothing imports cli
     {"cli"},
+    {"__main__"},  # `python -m pocketgpt`: the CLI, for torchrun
 ]
 # tighter rules than the layer order
 ONLY = {"model": {"config", "errors"}, "data": {"errors", "fileio", "config", "tokenizer"}}

@@ -29,6 +29,7 @@ from pocketgpt.config import FinetuneRun, to_dict
 from pocketgpt.errors import UserError
 from pocketgpt.model.classifier import GPTClassifier
 from pocketgpt.model.lora import apply_lora
+from pocketgpt.train import distributed as D
 from pocketgpt.train.loop import LoopResult, train_loop
 from pocketgpt.train.run import finish_run, inherit_saved_config, open_run, resume_state, write_config
 
@@ -52,11 +53,11 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path) -> Task:
+def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path, dist: D.Dist | None = None) -> Task:
     from pocketgpt.data.loader import TokenBatches
     from pocketgpt.data.prepare import check_size, prepare
-    from pocketgpt.evaluate import evaluate_tokens
 
+    dist = dist if dist is not None else D.Dist()
     data = prepare(
         run.data,
         tokenizer,
@@ -71,8 +72,15 @@ def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path) 
     val, token_bytes = data.tokens("val"), tokenizer.token_byte_lengths()
 
     def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
-        r = evaluate_tokens(
-            model, val, token_bytes, batch_size=run.train.batch_size, max_tokens=max_tokens, device=device, dtype=dtype
+        r = D.evaluate_tokens(  # the windows split across ranks under torchrun
+            dist,
+            model,
+            val,
+            token_bytes,
+            batch_size=run.train.batch_size,
+            max_tokens=max_tokens,
+            device=device,
+            dtype=dtype,
         )
         return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
 
@@ -141,14 +149,28 @@ def classify_task(run: FinetuneRun, model, tokenizer, device, dtype) -> Task:
 
 
 def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, verbose: bool = True) -> LoopResult:
+    dist = D.init(run.train, run.train.device, verbose)
+    try:
+        return _finetune(checkpoint, run, resume, verbose, dist)
+    finally:
+        D.close(dist)
+
+
+def _finetune(checkpoint, run: FinetuneRun, resume: bool, verbose: bool, dist: D.Dist) -> LoopResult:
     if not run.data:
         raise UserError("finetune needs --data FILE")
     if not Path(run.data).exists() and not any(ch in run.data for ch in "*?["):
         raise UserError(f"data not found: {run.data}")
     base_path = resolve(checkpoint).resolve()
+    if not resume and D.restarted_with_checkpoint(dist, run.out):  # torchrun restarted the group after a failure
+        resume = True
+        if verbose:
+            print(f"torchrun restart {dist.restarts}: resuming from the newest checkpoint in {run.out}")
     if resume:
         run = inherit_saved_config(run, run.out)  # flags not given come from the run's config.yaml
-    start = open_run(run.out, resume, run.train, verbose)
+    D.check_same_config(dist, {"checkpoint": str(base_path), **to_dict(run)})
+    D.check_parallel(dist, run.train, frozen=run.lora.rank > 0)
+    start = open_run(run.out, resume, D.runtime_for(dist, run.train, verbose), verbose)
     out, resume_from, device, dtype = start.out, start.resume_from, start.device, start.dtype
     base = load_checkpoint(base_path)
     if base.meta.get("task") == "classify" or base.meta.get("adapter"):
@@ -157,7 +179,8 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
     model, tokenizer = base.model, base.tokenizer
     if run.task == "lm":
         cache = Path(run.cache_dir) if run.cache_dir else out.resolve().parent / ".cache"
-        task = lm_task(run, model, tokenizer, device, dtype, cache)
+        with dist.main_first():  # rank 0 prepares the shards; the others find them cached
+            task = lm_task(run, model, tokenizer, device, dtype, cache, dist)
     elif run.task == "chat":
         task = chat_task(run, model, tokenizer, device, dtype)
     else:
@@ -183,9 +206,13 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
         saved = load_checkpoint(resume_from).model
         model.load_state_dict(saved.state_dict(), strict=True)
         state = resume_state(resume_from)
-    write_config(out, {"checkpoint": str(base_path), **to_dict(run)})
+    if dist.main:
+        write_config(out, {"checkpoint": str(base_path), **to_dict(run)})
+    trained = D.wrap(dist, model, run.train)  # DDP / FSDP2 under torchrun; the model itself in one process
 
-    def save(name: str, step: int, state: dict) -> None:
+    def save(name: str, step: int, state: dict, weights: dict) -> None:
+        if not dist.main:
+            return
         extra = {**meta, "trainable_parameters": n_train}
         writer = None
         if lora:
@@ -193,11 +220,19 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
             extra.update(adapter=True, lora=dataclasses.asdict(run.lora))
             writer = lambda d: save_adapter(d, model, run.lora, extra_tensors=extra_tensors, meta=meta)  # noqa: E731
         save_checkpoint(
-            out, name, model, task.tokenizer, step=step, train_state=state, extra=extra, write_weights=writer
+            out,
+            name,
+            model,
+            task.tokenizer,
+            step=step,
+            train_state=state,
+            extra=extra,
+            write_weights=writer,
+            weights=weights,
         )
 
     result = train_loop(
-        model,
+        trained,
         task.batches,
         run.train,
         out,
@@ -206,7 +241,10 @@ def finetune(checkpoint: str | Path, run: FinetuneRun, resume: bool = False, ver
         resume_state=state,
         device=device,
         dtype=dtype,
+        dist=dist,
     )
+    if not dist.main:
+        return result
     final = {**result.last_eval, "trainable_parameters": n_train}
     hint = f"pocketgpt finetune {checkpoint} --out {out} --resume"
     finish_run(out, result, final, resume_hint=hint, verbose=verbose)

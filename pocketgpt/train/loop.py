@@ -11,6 +11,7 @@ clean stop on Ctrl-C / SIGTERM (checkpoint saved, then return).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from pocketgpt.config import TrainConfig
 from pocketgpt.device import autocast
+from pocketgpt.train.distributed import Dist, full_state, load_optimizer_state, unwrap
 from pocketgpt.train.optim import build_optimizer
 from pocketgpt.train.schedule import lr_at
 
@@ -103,43 +105,61 @@ def train_loop(
     cfg: TrainConfig,
     run_dir: Path | str,
     *,
-    save: Callable[[str, int, dict], None],
+    save: Callable[[str, int, dict, dict], None],
     evaluate: Callable[[], dict] | None = None,
     resume_state: dict | None = None,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     flops_per_token: float = 0.0,
     peak_flops: float = 0.0,
+    dist: Dist | None = None,
 ) -> LoopResult:
     """Train `model` from step 0 (or from `resume_state`, a checkpoint's training state) to cfg.max_steps.
 
-    `save(name, step, train_state)` writes a checkpoint (the caller knows the tokenizer and extra metadata).
+    `save(name, step, train_state, weights)` writes a checkpoint (the caller knows the tokenizer and extra metadata);
+    `weights` is the full model state dict. Under torchrun (`dist`, from train/distributed.py) `model` is the
+    DDP / FSDP-wrapped model, every rank calls `save` (gathering FSDP shards is collective) and rank 0 writes.
     `evaluate()` returns a dict of validation metrics (e.g. {"val_loss", "val_bpb"}).
     """
     run_dir = Path(run_dir)
     device = device if device is not None else torch.device("cpu")
+    dist = dist if dist is not None else Dist()
+    core = unwrap(model)
     metrics_path = run_dir / METRICS
     optimizer = build_optimizer(model, cfg, device)
     step = 0
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        set_rng_state(resume_state["rng"])
+        load_optimizer_state(dist, model, optimizer, resume_state["optimizer"])
+        ranks = resume_state.get("rng_ranks")  # every rank's RNGs (dropout); the same world resumes each exactly
+        set_rng_state(ranks[dist.rank] if ranks and len(ranks) == dist.world else resume_state["rng"])
         step = int(resume_state["step"])
-    _truncate_metrics(metrics_path, step)  # forget lines from after the checkpoint (or from a dead run)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * batches.block_size  # an upper bound with padding
+    if dist.main:
+        _truncate_metrics(metrics_path, step)  # forget lines from after the checkpoint (or from a dead run)
+    # every rank's micro-batches: an upper bound with padding
+    tokens_per_step = dist.world * cfg.batch_size * cfg.grad_accum * batches.block_size
+    if dist.enabled and dist.main:
+        print(
+            f"global batch {dist.world * cfg.batch_size * cfg.grad_accum} sequences ({dist.world} processes x "
+            f"{cfg.batch_size} x {cfg.grad_accum}) per optimizer step"
+        )
     time_before = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training seconds so far
     model.train()
-    model.activation_checkpointing = cfg.activation_checkpointing
+    core.activation_checkpointing = cfg.activation_checkpointing
     compiled = torch.compile(model) if cfg.compile else model
 
-    def train_state() -> dict:
-        return {
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
+    def checkpoint(name: str) -> None:
+        weights, optim = full_state(dist, model, optimizer)
+        rngs = dist.gather_objects(rng_state())
+        state = {
+            "optimizer": optim,
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "world": dist.world,
             "step": step,
             "data": batches.state_dict(),
             "elapsed": time.perf_counter() - t_start + time_before,
         }
+        save(name, step, state, weights)
 
     def do_eval() -> dict:
         if evaluate is None:
@@ -150,21 +170,35 @@ def train_loop(
 
     last_saved, last_eval, loss_val, tok_s = step, {}, float("nan"), 0.0
     interrupted = False
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=None)
-    with _StopFlag() as stop, open(metrics_path, "a") as log:
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=None if dist.main else True,
+    )
+    log_file = open(metrics_path, "a") if dist.main else contextlib.nullcontext()  # noqa: SIM115
+    with _StopFlag() as stop, log_file as log:
         t_start = t_last = t_step = time.perf_counter()
         steps_since = 0
         while step < cfg.max_steps:
-            lr = lr_at(step, cfg, elapsed=time.perf_counter() - t_start + time_before)
+            elapsed = time.perf_counter() - t_start + time_before
+            if cfg.max_time and dist.enabled:  # a clock-driven schedule must give every rank the same lr
+                elapsed = dist.mean(elapsed)
+            lr = lr_at(step, cfg, elapsed=elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                batch = batches.get(step, micro)  # (x, y) for language modelling; more for others
-                with autocast(device, dtype):
-                    _, loss = compiled(*batch)
-                (loss / cfg.grad_accum).backward()
+                # (x, y) for language modelling; more for others. Each rank draws its own global micro-batches.
+                batch = batches.get(step, dist.micro_index(micro, cfg.grad_accum))
+                with dist.no_sync(model, last=micro == cfg.grad_accum - 1):
+                    with autocast(device, dtype):
+                        _, loss = compiled(*batch)
+                    (loss / cfg.grad_accum).backward()  # DDP / FSDP average over ranks on the last micro-batch
                 loss_sum += loss.item()
+            loss_sum = dist.mean(loss_sum)
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"loss became {loss_sum} at step {step}; lower train.lr (now {cfg.lr})")
             grad_norm = (
@@ -213,26 +247,27 @@ def train_loop(
                         f"step {step:>6d} | train loss {loss_val:.4f} | "
                         + " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float))
                     )
-            if record is not None:
+            if record is not None and dist.main:
                 record["elapsed"] = time.perf_counter() - t_start  # wall seconds since this process began training
                 record["time"] = time.time()  # unix time: lines up with other processes' clocks
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if stop.requested:
+            if dist.any(stop.requested):  # every rank stops at the same step (a signal may reach only some)
                 interrupted = True
                 break
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-                save(f"ckpt-{step:07d}", step, train_state())
+                checkpoint(f"ckpt-{step:07d}")
                 last_saved = step
-            if cfg.max_time and time.perf_counter() - t_start + time_before >= cfg.max_time and step < cfg.max_steps:
+            time_up = bool(cfg.max_time) and time.perf_counter() - t_start + time_before >= cfg.max_time
+            if dist.any(time_up) and step < cfg.max_steps:
                 tqdm.write(f"train.max_time ({cfg.max_time:g} s) reached at step {step}")
-                save(f"ckpt-{step:07d}", step, train_state())
+                checkpoint(f"ckpt-{step:07d}")
                 last_saved = step
                 break
             t_step = time.perf_counter()  # step_time measures the training step, not evals or saves
     bar.close()
     if interrupted and last_saved != step:
-        save(f"ckpt-{step:07d}", step, train_state())
+        checkpoint(f"ckpt-{step:07d}")
     return LoopResult(
         step=step, interrupted=interrupted, train_loss=loss_val, last_eval=last_eval, tokens_per_sec=tok_s
     )

@@ -21,9 +21,9 @@ from pocketgpt.data.loader import TokenBatches
 from pocketgpt.data.prepare import check_size, prepare
 from pocketgpt.device import peak_flops
 from pocketgpt.errors import UserError
-from pocketgpt.evaluate import evaluate_tokens
 from pocketgpt.model import GPT
 from pocketgpt.tokenizer import Tokenizer
+from pocketgpt.train import distributed as D
 from pocketgpt.train.loop import LoopResult, train_loop
 from pocketgpt.train.run import finish_run, inherit_saved_config, open_run, resume_state, write_config
 
@@ -66,9 +66,23 @@ def load_or_train_tokenizer(run: TrainRun, train_docs=None, verbose: bool = True
 
 
 def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopResult:
+    dist = D.init(run.train, run.train.device, verbose)
+    try:
+        return _pretrain(run, resume, verbose, dist)
+    finally:
+        D.close(dist)
+
+
+def _pretrain(run: TrainRun, resume: bool, verbose: bool, dist: D.Dist) -> LoopResult:
+    if not resume and D.restarted_with_checkpoint(dist, run.out):  # torchrun restarted the group after a failure
+        resume = True
+        if verbose:
+            print(f"torchrun restart {dist.restarts}: resuming from the newest checkpoint in {run.out}")
     if resume:
         run = inherit_saved_config(run, run.out)  # flags not given come from the run's config.yaml
-    start = open_run(run.out, resume, run.train, verbose)
+    D.check_same_config(dist, to_dict(run))
+    D.check_parallel(dist, run.train, frozen=False)
+    start = open_run(run.out, resume, D.runtime_for(dist, run.train, verbose), verbose)
     out, resume_from, device, dtype = start.out, start.resume_from, start.device, start.dtype
 
     c = run.corpus
@@ -77,20 +91,25 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
         docs = split_documents(
             iter_documents(run.data, include_source=c.include_source, extensions=c.extensions), c.val_fraction
         )
-    tokenizer = (
-        Tokenizer.load(resume_from) if resume_from else load_or_train_tokenizer(run, docs[0] if docs else None, verbose)
-    )
-    data = prepare(
-        run.data,
-        tokenizer,
-        cache_dir_for(run),
-        include_source=c.include_source,
-        extensions=c.extensions,
-        val_fraction=c.val_fraction,
-        docs=docs,
-        verbose=verbose,
-    )
+    with dist.main_first():  # rank 0 trains the tokenizer and prepares the shards; the others find them cached
+        tokenizer = (
+            Tokenizer.load(resume_from)
+            if resume_from
+            else load_or_train_tokenizer(run, docs[0] if docs else None, verbose)
+        )
+        data = prepare(
+            run.data,
+            tokenizer,
+            cache_dir_for(run),
+            include_source=c.include_source,
+            extensions=c.extensions,
+            val_fraction=c.val_fraction,
+            docs=docs,
+            verbose=verbose,
+        )
     check_size(data, run.model.block_size)
+    n_batches = len(D.eval_windows_of(data.n_tokens("val"), run.model.block_size, run.train.batch_size))
+    D.check_world_fits(dist, n_batches, "the validation split's evaluation batches")
 
     run = replace(run, model=replace(run.model, vocab_size=tokenizer.n_vocab))
     torch.manual_seed(run.train.seed)
@@ -103,7 +122,8 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
     else:
         model = GPT(run.model)
     model.to(device)
-    write_config(out, to_dict(run))
+    if dist.main:
+        write_config(out, to_dict(run))
     if verbose:
         print(
             f"model: {model.num_params() / 1e6:.2f}M parameters · {run.model.n_layer} layers · "
@@ -116,9 +136,13 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
     val_tokens = data.tokens("val")
     token_bytes = tokenizer.token_byte_lengths()
 
+    trained = D.wrap(dist, model, run.train)  # DDP / FSDP2 under torchrun; the model itself in one process
+    evaluated = trained if dist.parallel == "fsdp" else model  # FSDP's forward gathers shards: all ranks run it
+
     def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
-        r = evaluate_tokens(
-            model,
+        r = D.evaluate_tokens(
+            dist,
+            evaluated,
             val_tokens,
             token_bytes,
             batch_size=run.train.batch_size,
@@ -128,19 +152,22 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
         )
         return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
 
-    def save(name: str, step: int, state: dict) -> None:
+    def save(name: str, step: int, state: dict, weights: dict) -> None:
+        if not dist.main:
+            return
         save_checkpoint(
             out,
             name,
             model,
             tokenizer,
+            weights=weights,
             step=step,
             train_state=state,
             extra={"data": data.meta["fingerprint"], "dtype": str(dtype).replace("torch.", "")},
         )
 
     result = train_loop(
-        model,
+        trained,
         batches,
         run.train,
         out,
@@ -150,7 +177,8 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
         device=device,
         dtype=dtype,
         flops_per_token=model.flops_per_token(),
-        peak_flops=peak_flops(device, dtype),
+        peak_flops=peak_flops(device, dtype) * dist.world,
+        dist=dist,
     )
     final = None
     if not result.interrupted:
@@ -161,11 +189,16 @@ def pretrain(run: TrainRun, resume: bool = False, verbose: bool = True) -> LoopR
                 f"final: val loss {final['val_loss']:.4f} · val bits/byte {final['val_bpb']:.4f} "
                 f"(whole validation split, {len(val_tokens):,} tokens)"
             )
+    if not dist.main:
+        return result
     png = finish_run(out, result, final, resume_hint=f"pocketgpt train --out {out} --resume", verbose=verbose)
     if verbose:
         print(f"loss curve: {png}")
         if not result.interrupted and run.train.samples:
-            print_samples(model, tokenizer, run, device)
+            if dist.parallel == "fsdp":
+                print(f"samples: skipped under fsdp (the weights are sharded); try pocketgpt generate {out}")
+            else:
+                print_samples(model, tokenizer, run, device)
     return result
 
 

@@ -76,7 +76,7 @@ def test_muon_lowers_the_loss_and_resumes_from_its_state(tmp_path):
         muon_lr=0.05,
     )
     states = []
-    result = train_loop(model, OneBatch(x, y), tcfg, tmp_path, save=lambda n, s, st: states.append(st))
+    result = train_loop(model, OneBatch(x, y), tcfg, tmp_path, save=lambda n, s, st, w: states.append(st))
     assert result.train_loss < 0.5 * start, (start, result.train_loss)
     opt = build_optimizer(model, tcfg, torch.device("cpu"))
     opt.load_state_dict(states[-1]["optimizer"])  # what --resume does
@@ -138,7 +138,7 @@ def test_max_time_stops_the_run_and_decays_by_the_clock(tmp_path):
         OneBatch(x, torch.roll(x, -1, 1)),
         tcfg,
         tmp_path,
-        save=lambda n, s, st: saved.append((n, s, st["elapsed"])),
+        save=lambda n, s, st, w: saved.append((n, s, st["elapsed"])),
     )
     assert 0 < result.step < 10**6 and not result.interrupted
     assert saved[-1][1] == result.step and saved[-1][2] >= 0.5  # the elapsed time is saved for --resume
