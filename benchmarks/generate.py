@@ -52,12 +52,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--kernels", default="auto", help="auto (measured per shape on this machine), linear or split")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     from pocketgpt.config import SampleConfig
     from pocketgpt.generate.engine import Engine
+    from pocketgpt.generate.kernels import summary
 
     header(
         "decode speed: pocketgpt Engine vs transformers generate(), greedy, prompt 16, "
@@ -83,23 +85,25 @@ def main() -> None:
             t_hf = median_time(run_hf, args.runs)
             hf_ids = run_hf()[:, 16:].tolist()
             for pname, dtype in precisions:
-                eng = Engine(copy.deepcopy(ours), dtype=dtype)
+                eng = Engine(copy.deepcopy(ours), dtype=dtype, kernels=args.kernels)
                 sample = SampleConfig(max_new_tokens=N, temperature=0)
                 t = median_time(
                     lambda eng=eng, sample=sample, prompt=prompt: eng.generate(prompt.tolist(), sample), args.runs
                 )
                 same = [r[0].tokens for r in eng.generate(prompt.tolist(), sample)] == hf_ids
                 bound = bw / weight_bytes_per_token(ours, 4 if dtype == torch.float32 else 2)
-                rows.append((shape, B, pname, B * N / t, B * N / t_hf, bound if B == 1 else None, same))
+                rows.append(
+                    (shape, B, pname, B * N / t, B * N / t_hf, bound if B == 1 else None, same, summary(eng.kernels))
+                )
 
     print(
         f"{'shape':6s} {'batch':>5s} {'precision':9s} {'pocketgpt tok/s':>15s} {'HF fp32 tok/s':>13s} "
-        f"{'ratio':>6s} {'bound tok/s':>11s} {'of bound':>8s}  same tokens as HF"
+        f"{'ratio':>6s} {'bound tok/s':>11s} {'of bound':>8s} {'kernels':>11s}  same tokens as HF"
     )
-    for shape, B, p, ours_s, hf_s, bound, same in rows:
+    for shape, B, p, ours_s, hf_s, bound, same, kern in rows:
         b = f"{bound:11.1f} {100 * ours_s / bound:7.0f}%" if bound else f"{'':11s} {'':8s}"
         print(
-            f"{shape:6s} {B:5d} {p:9s} {ours_s:15.1f} {hf_s:13.1f} {ours_s / hf_s:5.2f}x {b}  "
+            f"{shape:6s} {B:5d} {p:9s} {ours_s:15.1f} {hf_s:13.1f} {ours_s / hf_s:5.2f}x {b} {kern:>11s}  "
             f"{'yes' if same else 'no (bf16 rounding)' if p == 'bfloat16' else 'NO'}"
         )
 

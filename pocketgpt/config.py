@@ -422,6 +422,9 @@ class ServeConfig(RuntimeConfig):
     """largest request body in bytes (413 beyond)"""
     max_n: int = 16
     """the most choices (n) one request may ask for"""
+    kernels: Literal["auto", "linear", "split"] = "auto"
+    """batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine at load (cached), or
+    linear / split everywhere"""
 
     def __post_init__(self) -> None:
         super().__post_init__()

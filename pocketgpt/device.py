@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import platform
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from pocketgpt.errors import UserError
+from pocketgpt.fileio import atomic_write
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,10 +79,60 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Compute precision: 'auto' -> bf16 where native, else float32."""
+    """Compute precision: 'auto' -> bf16 where native and, on a CPU, measured to pay off (bf16_pays_off); else
+    float32."""
     if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+        return torch.bfloat16 if native_bf16(device) and bf16_pays_off(device) else torch.float32
+    if name not in ("float32", "bfloat16"):
+        raise UserError(f"dtype must be auto, float32 or bfloat16, got {name!r}")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+# bf16 matmuls must beat float32 by this much on this CPU for `auto` to pick bf16 (its rounding is not free)
+BF16_MIN_SPEEDUP = 1.5
+
+
+def bf16_pays_off(device: torch.device) -> bool:
+    """Whether bf16 matmuls are measurably faster than float32 here: capability alone has misled (an AMX Xeon VM ran
+    bf16 GEMMs at only 2.9x float32, an AVX512-BF16 one at 4x). Measured once per CPU model, torch version and thread
+    count (a 1024^3 product in each precision, well under a second) and cached; always True on a GPU."""
+    if device.type != "cpu":
+        return True
+    key = f"bf16-speedup|{cpu_info()['model']}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    speedup = cached_measurement(key, lambda: peak_flops(device, torch.bfloat16) / peak_flops(device, torch.float32))
+    return speedup >= BF16_MIN_SPEEDUP
+
+
+def measurement_cache() -> Path:
+    """Where measured choices are kept (bf16 speed-up here, matmul kernels in generate/kernels.py)."""
+    root = os.environ.get("POCKETGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pocketgpt")
+    return Path(root)
+
+
+def read_cache(name: str) -> dict:
+    try:
+        data = json.loads((measurement_cache() / name).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_cache(name: str, data: dict) -> None:
+    try:
+        measurement_cache().mkdir(parents=True, exist_ok=True)
+        atomic_write(measurement_cache() / name, json.dumps(data, indent=1, sort_keys=True))
+    except OSError:  # a read-only home: measure again next time
+        pass
+
+
+def cached_measurement(key: str, measure) -> float:
+    data = read_cache("measurements.json")
+    if isinstance(data.get(key), (int, float)):
+        return float(data[key])
+    value = float(measure())
+    data[key] = value
+    write_cache("measurements.json", data)
+    return value
 
 
 @contextlib.contextmanager

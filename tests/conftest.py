@@ -5,6 +5,7 @@ Nothing here downloads or reads ../shared: every byte is made by the test sessio
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -34,6 +35,12 @@ def make_text(n_sentences: int = 400, seed: int = 0) -> str:
         if i % 8 == 7:
             out.append("\n\n")
     return " ".join(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache(tmp_path_factory):
+    """Kernel timings (generate/kernels.py) go to a folder of this session, not the user's ~/.cache."""
+    os.environ["POCKETGPT_CACHE"] = str(tmp_path_factory.mktemp("pocketgpt-cache"))
 
 
 @pytest.fixture(scope="session")

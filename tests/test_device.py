@@ -31,13 +31,34 @@ def test_an_explicit_dtype_is_kept_whatever_the_hardware(monkeypatch, name, want
 @pytest.mark.parametrize("native, want", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_is_bf16_exactly_where_it_is_native(monkeypatch, native, want):
     monkeypatch.setattr(D, "native_bf16", lambda device: native)
+    monkeypatch.setattr(D, "bf16_pays_off", lambda device: True)
     assert D.pick_dtype("auto", CPU) is want
 
 
-def test_auto_on_this_cpu_follows_native_bf16():
-    want = torch.bfloat16 if D.native_bf16(CPU) else torch.float32
+def test_auto_on_this_cpu_follows_native_bf16_and_its_measured_speed():
+    want = torch.bfloat16 if D.native_bf16(CPU) and D.bf16_pays_off(CPU) else torch.float32
     assert D.pick_dtype("auto", CPU) is want
     assert isinstance(D.native_bf16(CPU), bool)
+
+
+@pytest.mark.parametrize("speedup, want", [(1.2, torch.float32), (2.9, torch.bfloat16)])
+def test_native_bf16_that_measures_slow_is_not_picked(monkeypatch, tmp_path, speedup, want):
+    """Capability alone has misled: auto also needs bf16 matmuls measured faster than float32 by BF16_MIN_SPEEDUP."""
+    monkeypatch.setenv("POCKETGPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(D, "native_bf16", lambda device: True)
+    calls = []
+    monkeypatch.setattr(
+        D, "peak_flops", lambda device, dtype: calls.append(dtype) or (speedup if dtype == torch.bfloat16 else 1.0)
+    )
+    assert D.pick_dtype("auto", CPU) is want
+    assert D.pick_dtype("auto", CPU) is want
+    assert calls == [torch.bfloat16, torch.float32]  # measured once, then read from the cache
+    assert (tmp_path / "measurements.json").exists()
+
+
+def test_an_unknown_dtype_is_a_user_error():
+    with pytest.raises(UserError, match="float16"):
+        D.pick_dtype("float16", CPU)
 
 
 @pytest.mark.parametrize("native", [True, False])

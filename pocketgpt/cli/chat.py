@@ -12,7 +12,8 @@ import sys
 import warnings
 from typing import Optional
 
-from pocketgpt.cli.fields import add_dataclass_flags, dataclass_from
+from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags, dataclass_from
+from pocketgpt.cli.report import print_kernels
 from pocketgpt.config import RuntimeConfig, SampleConfig
 from pocketgpt.errors import UserError
 from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
@@ -47,6 +48,7 @@ def add_chat_arguments(parser) -> None:
     parser.add_argument("--system", type=Optional[str], default=None, help="system message that opens the conversation")
     add_dataclass_flags(parser, SampleConfig, dashes=True, skip=SKIP)
     add_dataclass_flags(parser, RuntimeConfig)
+    add_kernel_flags(parser)
 
 
 def _note(msg: str) -> None:
@@ -178,7 +180,9 @@ def run_chat(ns) -> int:
     _check_chat_ready(ns.checkpoint)
     device, dtype = setup_runtime(dataclass_from(ns, RuntimeConfig), verbose=False)
     ckpt = load_checkpoint(ns.checkpoint, device=device)
-    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype)
+    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels)
+    if ns.verbose:
+        print_kernels(gen.engine, file=sys.stderr)
     session = ChatSession(gen, sample, system=ns.system)
     if ns.prompt is not None:
         session.say(ns.prompt, sys.stdout)

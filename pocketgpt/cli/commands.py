@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketgpt.cli.fields import dataclass_from, run_from_namespace
+from pocketgpt.cli.report import print_kernels
 from pocketgpt.config import CorpusConfig, RuntimeConfig, SampleConfig, TokenizerConfig
 from pocketgpt.errors import UserError
 
@@ -94,13 +96,14 @@ def cmd_prepare(ns) -> int:
     return 0
 
 
-def _load(ns):
+def _load(ns, verbose: bool = False):
     """The checkpoint on the device --device/--dtype/--threads ask for (RuntimeConfig; eval and classify have no
     --dtype and compute in float32), and that device and dtype."""
     from pocketgpt.checkpoint import load_checkpoint
     from pocketgpt.device import setup_runtime
 
-    device, dtype = setup_runtime(dataclass_from(ns, RuntimeConfig), verbose=False)
+    with contextlib.redirect_stdout(sys.stderr):  # -v: the device line on stderr, stdout keeps only the text
+        device, dtype = setup_runtime(dataclass_from(ns, RuntimeConfig), verbose=verbose)
     return load_checkpoint(ns.checkpoint, device=device), device, dtype
 
 
@@ -110,8 +113,10 @@ def cmd_generate(ns) -> int:
     sample = dataclass_from(ns, SampleConfig)
     if ns.stream and (sample.num_samples > 1 or sample.num_beams > 1):
         raise UserError("--stream prints one sequence: drop --num-samples / --beams, or drop --stream")
-    ckpt, device, dtype = _load(ns)
-    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype)
+    ckpt, device, dtype = _load(ns, verbose=ns.verbose)
+    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels)
+    if ns.verbose:
+        print_kernels(gen.engine, file=sys.stderr)
     if ns.stream:
         sys.stdout.write(printable(ns.prompt))
         for piece in gen.stream(ns.prompt, sample):

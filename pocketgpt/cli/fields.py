@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import typing
+from typing import Literal
 
 from jsonargparse import ArgumentParser
 
@@ -75,3 +76,14 @@ def run_from_namespace(ns, cls: type):
         cls,
         {k: ({kk: vv for kk, vv in v.items() if kk != "__path__"} if isinstance(v, dict) else v) for k, v in d.items()},
     )
+
+
+def add_kernel_flags(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--kernels",
+        type=Literal["auto", "linear", "split"],
+        default="auto",
+        help="batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine (cached), or "
+        "linear / split everywhere",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="print the device and the kernels chosen, with timings")

@@ -16,7 +16,7 @@ from typing import Optional
 import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from pocketgpt.cli.fields import add_dataclass_flags
+from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags
 from pocketgpt.config import (
     CorpusConfig,
     FinetuneRun,
@@ -174,6 +174,7 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     )
     ge.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); never printed")
     ge.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    add_kernel_flags(ge)
     add_dataclass_flags(ge, RuntimeConfig)
     sub.add_subcommand("generate", ge, help="generate text from a checkpoint")
 

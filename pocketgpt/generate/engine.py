@@ -23,6 +23,7 @@ from pocketgpt.config import SampleConfig
 from pocketgpt.generate import sampling as S
 from pocketgpt.generate.beam_search import beam_search
 from pocketgpt.generate.completion import Completion, bucket_length, crop_prompt
+from pocketgpt.generate.kernels import choose as choose_kernels
 from pocketgpt.model import KVCache
 
 
@@ -37,8 +38,17 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        kernels: str = "auto",
+    ):
         """`dtype` is the inference precision of weights and cache; bfloat16 halves the bytes each token reads.
+        `kernels`: the batch-1 matmul kernel per weight shape, `auto` = timed on this machine (kernels.py), or
+        `linear` / `split` for every shape; `self.kernels` records the choice and its timings.
 
         The model is converted in place (model.to(dtype)).
         """
@@ -52,11 +62,8 @@ class Engine:
         # every prompt length grows by ~0.3-1 MB per new length. `prefill(..., bucket=True)` (the scheduler's)
         # left-pads to `bucket_length` so only a few shapes ever occur. float32 uses MKL, which keeps nothing.
         self.bucket_prefill = self.device.type == "cpu" and dtype != torch.float32
-        if self.device.type == "cpu" and dtype == torch.float32:
-            # batch-1 float32 GEMVs on all cores (gemv.py); same weights, same results
-            from pocketgpt.generate.gemv import use_split_gemv
-
-            use_split_gemv(self.model)
+        # batch-1 matmuls: the kernel that measured fastest on this machine, per weight shape (same weights)
+        self.kernels = choose_kernels(self.model, kernels)
 
     # --- the two model calls ---------------------------------------------------------------------
     @torch.inference_mode()

@@ -5,6 +5,8 @@ PyTorch's CPU GEMV runs on one thread (~21 GB/s measured on a 2-core EPYC), whil
 threads reaches ~46 GB/s. Viewing the weight's rows as S equal chunks and calling `torch.bmm` spreads the
 chunks over the cores (~40 GB/s measured; benchmarks/generate.py). bf16 is already best with F.linear.
 
+Whether it wins depends on the CPU (2x faster on an AMD EPYC, 2x slower on an Intel Xeon with AMX): kernels.py
+times it against F.linear per weight shape and uses it only where it is faster.
 `use_split_gemv(model)` switches every nn.Linear of a model to `SplitGemvLinear`: the same parameters and
 state-dict keys, a different forward for single rows only. `restore_linear(model)` switches back.
 What does not live here: the model's math (model/), the decode loop (engine.py).
@@ -17,6 +19,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def split_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunks: int) -> torch.Tensor:
+    """F.linear(x, weight, bias) for one float32 row, with the weight's rows in `chunks` equal parts through one bmm."""
+    out, inp = weight.shape
+    S = chunks
+    even = out - out % S
+    # (S, in, 1) with strides (0, 1, in): this layout takes the fast batched kernel (36 GB/s measured);
+    # the same values with strides (in, 1, 1) run 3.5x slower
+    v = x.reshape(1, inp).t().unsqueeze(0).expand(S, inp, 1)
+    y = torch.bmm(weight[:even].view(S, even // S, inp), v).reshape(even)  # (even,)
+    if even != out:  # odd rows (a 50257 vocab)
+        y = torch.cat([y, weight[even:] @ x.reshape(inp)])
+    if bias is not None:
+        y = y + bias
+    return y.view(*x.shape[:-1], out)
+
+
 class SplitGemvLinear(nn.Linear):
     chunks = 2
 
@@ -24,18 +42,7 @@ class SplitGemvLinear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         if rows != 1 or self.weight.dtype != torch.float32 or not self.weight.is_contiguous():
             return F.linear(x, self.weight, self.bias)
-        out, inp = self.weight.shape
-        S = self.chunks
-        even = out - out % S
-        # (S, in, 1) with strides (0, 1, in): this layout takes the fast batched kernel (36 GB/s measured);
-        # the same values with strides (in, 1, 1) run 3.5x slower
-        v = x.reshape(1, inp).t().unsqueeze(0).expand(S, inp, 1)
-        y = torch.bmm(self.weight[:even].view(S, even // S, inp), v).reshape(even)  # (even,)
-        if even != out:  # odd rows (a 50257 vocab)
-            y = torch.cat([y, self.weight[even:] @ x.reshape(inp)])
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], out)
+        return split_gemv(x, self.weight, self.bias, self.chunks)
 
 
 def use_split_gemv(model: nn.Module, chunks: int = 0) -> None:

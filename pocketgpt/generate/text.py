@@ -57,9 +57,15 @@ class StopMatcher:
 
 class TextGenerator:
     def __init__(
-        self, model, tokenizer, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+        self,
+        model,
+        tokenizer,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        kernels: str = "auto",
     ):
-        self.engine = Engine(model, device=device, dtype=dtype)
+        self.engine = Engine(model, device=device, dtype=dtype, kernels=kernels)
         self.tokenizer = tokenizer
 
     def encode_prompt(self, prompt: str) -> list[int]:

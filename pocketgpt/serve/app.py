@@ -110,7 +110,7 @@ def create_app(
     else:
         dev, dtype = setup_runtime(cfg, verbose=False)
         ckpt = load_checkpoint(checkpoint, device=dev)
-    engine = Engine(ckpt.model, device=dev, dtype=dtype)
+    engine = Engine(ckpt.model, device=dev, dtype=dtype, kernels=cfg.kernels)
     scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
 

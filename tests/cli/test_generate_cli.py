@@ -93,3 +93,26 @@ def test_convert_round_trip_and_errors(run_cli, ckpt, tmp_path):
         code, _, err = run_cli(*args)
         assert code == 2 and needle in err and "Traceback" not in err
     assert not (tmp_path / "z").exists()
+
+
+def test_verbose_prints_the_kernels_and_forced_kernels_give_the_same_text(run_cli, ckpt):
+    flags = (
+        "generate",
+        ckpt,
+        "--prompt",
+        "The model",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--dtype",
+        "float32",
+    )
+    code, auto, err = run_cli(*flags, "-v")
+    assert code == 0
+    assert "kernels (" in err and "linear" in err and "µs" in err and "device: cpu" in err
+    assert "kernels" not in auto  # stdout holds only the text
+    texts = {run_cli(*flags, "--kernels", k)[1] for k in ("linear", "split")}
+    assert texts == {auto}
+    code, _, err = run_cli(*flags, "--kernels", "split", "-v")
+    assert code == 0 and "forced" in err

@@ -128,7 +128,7 @@ def test_a_split_model_gives_the_plain_models_logits(tiny_model):
 
 
 def test_the_float32_cpu_engine_splits_and_decodes_what_the_plain_model_decodes(tiny_model):
-    engine = Engine(tiny_model)
+    engine = Engine(tiny_model, kernels="split")
     assert type(tiny_model.lm_head) is SplitGemvLinear
     sample = SampleConfig(max_new_tokens=20, temperature=0, logprobs=True)
     split = engine.generate([[1, 2, 3]], sample)[0][0]

@@ -1,0 +1,140 @@
+"""Batch-1 matmul kernels chosen by measurement on the machine that runs them, never by a rule measured elsewhere.
+
+Decoding one token multiplies one row by every weight matrix. Which kernel does that fastest depends on the CPU:
+the split GEMV (gemv.py) doubled float32 decode speed on an AMD EPYC and halved it on an Intel Xeon with AMX.
+So at load, for each weight shape of the model, every candidate is timed on the model's own weights (one row
+through every weight of that shape, a few repetitions, median) and the fastest is used for that shape. Results are
+cached per CPU model + torch version + threads + dtype + shape in `$POCKETGPT_CACHE/kernels.json` (default
+`~/.cache/pocketgpt/`), so a second load costs nothing.
+
+Candidates: `linear` (F.linear: PyTorch's own MKL / oneDNN path) and, for float32 on a CPU, `split` (the rows in
+equal chunks through one `torch.bmm`, which spreads a GEMV over the cores). `mode` overrides: `linear` or `split`
+for every shape. On a GPU there is nothing to choose: `linear`.
+What does not live here: the kernels themselves (gemv.py), the decode loop (engine.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pocketgpt.device import cpu_info, read_cache, write_cache
+from pocketgpt.errors import UserError
+from pocketgpt.generate.gemv import SplitGemvLinear, split_gemv
+
+MODES = ("auto", "linear", "split")
+
+
+@dataclass
+class Choice:
+    kernel: str  # linear | split
+    us: dict[str, float] = field(default_factory=dict)  # measured microseconds per call, per candidate
+    cached: bool = False
+
+
+CACHE = "kernels.json"
+
+
+def _key(dtype: torch.dtype, shape: tuple[int, int]) -> str:
+    dt = str(dtype).replace("torch.", "")
+    return (
+        f"{cpu_info()['model']}|torch {torch.__version__}|threads {torch.get_num_threads()}|{dt}|{shape[0]}x{shape[1]}"
+    )
+
+
+def linears(model: nn.Module) -> dict[tuple[int, int], list[nn.Linear]]:
+    """The model's Linear layers (plain or already split) grouped by weight shape (out, in)."""
+    out: dict[tuple[int, int], list[nn.Linear]] = {}
+    for m in model.modules():
+        if type(m) in (nn.Linear, SplitGemvLinear):
+            out.setdefault(tuple(m.weight.shape), []).append(m)
+    return out
+
+
+@torch.inference_mode()
+def _time(layers: list[nn.Linear], kernel: str, chunks: int, reps: int = 7) -> float:
+    """Microseconds for one row through one layer, going through every layer of the shape each repetition (so each
+    weight is read as decoding reads it, not from a cache warmed by the same weight); the best repetition, which
+    other work on the machine disturbs least."""
+    w0 = layers[0].weight
+    x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
+
+    def once() -> None:
+        for m in layers:
+            if kernel == "split":
+                split_gemv(x, m.weight, m.bias, chunks)
+            else:
+                F.linear(x, m.weight, m.bias)
+
+    once()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        once()
+        ts.append(time.perf_counter() - t)
+    return 1e6 * min(ts) / len(layers)
+
+
+MARGIN = 0.95  # another kernel replaces F.linear only when it is at least 5% faster: a tie keeps PyTorch's own
+
+
+def pick(us: dict[str, float]) -> str:
+    best = min(us, key=us.get)
+    return best if best == "linear" or us[best] < MARGIN * us.get("linear", float("inf")) else "linear"
+
+
+def choose(model: nn.Module, mode: str = "auto", *, use_cache: bool = True) -> dict[tuple[int, int], Choice]:
+    """Pick and install a kernel per weight shape of `model` (in place: a plain nn.Linear becomes a SplitGemvLinear
+    where `split` won, and back). Returns shape -> Choice with the timings that decided it."""
+    if mode not in MODES:
+        raise UserError(f"kernels must be one of {', '.join(MODES)}, got {mode!r}")
+    groups = linears(model)
+    if not groups:
+        return {}
+    p = next(model.parameters())
+    candidates = ["linear", "split"] if p.device.type == "cpu" and p.dtype == torch.float32 else ["linear"]
+    if mode == "split" and "split" not in candidates:
+        raise UserError(f"kernels=split needs float32 weights on a CPU (these are {p.dtype} on {p.device.type})")
+    chunks = max(2, torch.get_num_threads())
+    cache = read_cache(CACHE) if use_cache and mode == "auto" else {}
+    dirty, out = False, {}
+    for shape, layers in groups.items():
+        if mode != "auto" or len(candidates) == 1:
+            out[shape] = Choice(mode if mode != "auto" else candidates[0])
+        else:
+            key = _key(p.dtype, shape)
+            hit = cache.get(key)
+            if isinstance(hit, dict) and hit.get("kernel") in candidates:
+                out[shape] = Choice(hit["kernel"], dict(hit.get("us", {})), cached=True)
+            else:
+                us = {k: _time(layers, k, chunks) for k in candidates}
+                out[shape] = Choice(pick(us), us)
+                cache[key] = {"kernel": out[shape].kernel, "us": us}
+                dirty = True
+        for m in layers:
+            if out[shape].kernel == "split":
+                m.__class__, m.chunks = SplitGemvLinear, chunks
+            else:
+                m.__class__ = nn.Linear
+    if dirty and use_cache:
+        write_cache(CACHE, cache)
+    return out
+
+
+def describe(choices: dict[tuple[int, int], Choice]) -> list[str]:
+    """One line per shape: the kernel and why (µs per call of each candidate, or where the choice came from)."""
+    lines = []
+    for (o, i), c in sorted(choices.items()):
+        why = " · ".join(f"{k} {v:.1f} µs" for k, v in c.us.items()) if c.us else "the only candidate / forced"
+        lines.append(f"  {o:>6d} x {i:<6d} {c.kernel:6s} ({why}{', cached' if c.cached else ''})")
+    return lines
+
+
+def summary(choices: dict[tuple[int, int], Choice]) -> str:
+    """A short label for tables: e.g. `split 4/5` (4 of 5 shapes split) or `linear`."""
+    n = sum(c.kernel == "split" for c in choices.values())
+    return f"split {n}/{len(choices)}" if n else "linear"

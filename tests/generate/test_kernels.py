@@ -1,0 +1,106 @@
+"""Kernels chosen by measurement: the faster candidate per weight shape wins, the choice is cached per machine,
+forced modes apply everywhere, and a choice never changes what the model computes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pocketgpt.errors import UserError
+from pocketgpt.generate import kernels as K
+from pocketgpt.generate.gemv import SplitGemvLinear
+from pocketgpt.model import GPT
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETGPT_CACHE", str(tmp_path))
+    return tmp_path / "kernels.json"
+
+
+def fake_timings(monkeypatch, split_wins: set, calls: list):
+    def fake(layers, kernel, chunks, reps=7):
+        calls.append((tuple(layers[0].weight.shape), kernel))
+        fast = tuple(layers[0].weight.shape) in split_wins
+        return {"split": 1.0 if fast else 3.0, "linear": 2.0}[kernel]
+
+    monkeypatch.setattr(K, "_time", fake)
+
+
+def test_auto_takes_the_faster_kernel_per_shape_and_caches_it(tiny_cfg, cache, monkeypatch):
+    model = GPT(tiny_cfg).eval()
+    shapes = set(K.linears(model))
+    mlp = (4 * tiny_cfg.n_embd, tiny_cfg.n_embd)
+    calls: list = []
+    fake_timings(monkeypatch, {mlp}, calls)
+    choices = K.choose(model)
+    assert set(choices) == shapes and len(calls) == 2 * len(shapes)  # every shape, both candidates
+    for shape, layers in K.linears(model).items():
+        want = SplitGemvLinear if shape == mlp else nn.Linear
+        assert all(type(m) is want for m in layers), shape
+        assert choices[shape].us == ({"linear": 2.0, "split": 1.0} if shape == mlp else {"linear": 2.0, "split": 3.0})
+    saved = json.loads(cache.read_text())
+    assert len(saved) == len(shapes) and all("float32" in k and torch.__version__ in k for k in saved)
+    # a second load measures nothing and chooses the same
+    calls.clear()
+    again = K.choose(GPT(tiny_cfg).eval())
+    assert calls == [] and all(c.cached for c in again.values())
+    assert {s: c.kernel for s, c in again.items()} == {s: c.kernel for s, c in choices.items()}
+
+
+def test_a_slower_split_is_never_used(tiny_cfg, cache, monkeypatch):
+    model = GPT(tiny_cfg).eval()
+    fake_timings(monkeypatch, set(), [])
+    K.choose(model)
+    assert not any(type(m) is SplitGemvLinear for m in model.modules())
+    assert K.summary(K.choose(model)) == "linear"
+
+
+def test_forced_modes_and_bad_ones(tiny_cfg, cache):
+    model = GPT(tiny_cfg).eval()
+    K.choose(model, "split")
+    assert all(type(m) is SplitGemvLinear for layers in K.linears(model).values() for m in layers)
+    K.choose(model, "linear")
+    assert not any(type(m) is SplitGemvLinear for m in model.modules())
+    assert not cache.exists()  # forced choices measure and store nothing
+    with pytest.raises(UserError, match="kernels must be one of"):
+        K.choose(model, "fast")
+    with pytest.raises(UserError, match="float32 weights on a CPU"):
+        K.choose(GPT(tiny_cfg).to(torch.bfloat16), "split")
+
+
+def test_bfloat16_has_one_candidate_and_is_not_timed(tiny_cfg, cache, monkeypatch):
+    calls: list = []
+    fake_timings(monkeypatch, set(), calls)
+    choices = K.choose(GPT(tiny_cfg).to(torch.bfloat16))
+    assert calls == [] and {c.kernel for c in choices.values()} == {"linear"}
+
+
+def test_a_real_measurement_times_both_and_keeps_the_outputs(tiny_cfg, cache):
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg).eval()
+    x = torch.randint(0, tiny_cfg.vocab_size, (1, 1))
+    before, _ = model(x)
+    choices = K.choose(model)
+    assert all(c.us["linear"] > 0 and c.us["split"] > 0 for c in choices.values())
+    assert all(c.kernel == K.pick(c.us) for c in choices.values())
+    after, _ = model(x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    assert len(K.describe(choices)) == len(choices) and "µs" in K.describe(choices)[0]
+
+
+def test_an_unreadable_cache_is_measured_again(tiny_cfg, cache, monkeypatch):
+    cache.write_text("{not json")
+    calls: list = []
+    fake_timings(monkeypatch, set(), calls)
+    K.choose(GPT(tiny_cfg).eval())
+    assert calls and json.loads(cache.read_text())
+
+
+def test_a_tie_keeps_pytorchs_own_kernel():
+    assert K.pick({"linear": 10.0, "split": 9.8}) == "linear"  # within the 5% margin
+    assert K.pick({"linear": 10.0, "split": 9.0}) == "split"
+    assert K.pick({"linear": 10.0, "split": 30.0}) == "linear"
