@@ -21,6 +21,7 @@ import torch
 
 from pocketgpt.checkpoint import (
     load_checkpoint,
+    require_float,
     resolve,
     save_adapter,
     save_checkpoint,
@@ -72,7 +73,7 @@ def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path, 
     val, token_bytes = data.tokens("val"), tokenizer.token_byte_lengths()
 
     def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
-        r = D.evaluate_tokens(  # the windows split across ranks under torchrun
+        return D.val_metrics(  # the windows split across ranks under torchrun
             dist,
             model,
             val,
@@ -82,7 +83,6 @@ def lm_task(run: FinetuneRun, model, tokenizer, device, dtype, cache_dir: Path, 
             device=device,
             dtype=dtype,
         )
-        return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
 
     return Task(model, tokenizer, batches, evaluate, {}, [])
 
@@ -173,6 +173,7 @@ def _finetune(checkpoint, run: FinetuneRun, resume: bool, verbose: bool, dist: D
     start = open_run(run.out, resume, D.runtime_for(dist, run.train, verbose), verbose)
     out, resume_from, device, dtype = start.out, start.resume_from, start.device, start.dtype
     base = load_checkpoint(base_path)
+    require_float(base, "fine-tuning")
     if base.meta.get("task") == "classify" or base.meta.get("adapter"):
         raise UserError(f"fine-tune from a plain language-model checkpoint (or merge the adapter first): {base_path}")
     torch.manual_seed(run.train.seed)

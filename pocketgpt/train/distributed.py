@@ -331,6 +331,15 @@ def evaluate_tokens(d: Dist, model, tokens, token_bytes, *, batch_size: int, max
     return metrics_from_sums(d.sum_(rows))  # x + 0 is exact: the all-reduce only collects the rows
 
 
+def val_metrics(d: Dist, model, tokens, token_bytes, *, batch_size: int, max_tokens: int, device, dtype) -> dict:
+    """{"val_loss", "val_bpb"} of a language model on held-out tokens, split across ranks: what pretraining and
+    fine-tuning on text log."""
+    r = evaluate_tokens(
+        d, model, tokens, token_bytes, batch_size=batch_size, max_tokens=max_tokens, device=device, dtype=dtype
+    )
+    return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
+
+
 def eval_windows_of(n_tokens: int, block_size: int, batch_size: int) -> list:
     from pocketgpt.evaluate import eval_windows
 

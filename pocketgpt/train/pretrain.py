@@ -140,7 +140,7 @@ def _pretrain(run: TrainRun, resume: bool, verbose: bool, dist: D.Dist) -> LoopR
     evaluated = trained if dist.parallel == "fsdp" else model  # FSDP's forward gathers shards: all ranks run it
 
     def evaluate(max_tokens: int = run.train.eval_tokens) -> dict:
-        r = D.evaluate_tokens(
+        return D.val_metrics(  # the windows split across ranks under torchrun
             dist,
             evaluated,
             val_tokens,
@@ -150,7 +150,6 @@ def _pretrain(run: TrainRun, resume: bool, verbose: bool, dist: D.Dist) -> LoopR
             device=device,
             dtype=dtype,
         )
-        return {"val_loss": r["loss"], "val_bpb": r["bpb"]}
 
     def save(name: str, step: int, state: dict, weights: dict) -> None:
         if not dist.main:
