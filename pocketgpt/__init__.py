@@ -21,6 +21,8 @@ from pocketgpt.evaluate import evaluate_tokens
 from pocketgpt.generate import generate_ids
 from pocketgpt.generate.text import generate_text
 from pocketgpt.model import GPT, KVCache
+from pocketgpt.model.quant import quantize_model
+from pocketgpt.quantize import quantize_checkpoint
 from pocketgpt.tokenizer import Tokenizer
 from pocketgpt.train.pretrain import pretrain
 
@@ -45,5 +47,7 @@ __all__ = [
     "generate_text",
     "generate_ids",
     "evaluate_tokens",
+    "quantize_model",
+    "quantize_checkpoint",
     "UserError",
 ]

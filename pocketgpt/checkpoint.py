@@ -2,7 +2,9 @@
 
 A run folder holds `LATEST` (the name of the newest complete checkpoint), `ckpt-XXXXXXX/`
 folders, `metrics.jsonl`, `config.yaml` and `loss.png`. A checkpoint folder holds:
-    model.safetensors         weights (never pickles)
+    model.safetensors         weights (never pickles); a quantized checkpoint (pocketgpt quantize) holds
+                              `<name>.weight_int8` (int8) + `<name>.scale` (float32) for its int8 layers, and
+                              config.json says "quantized": {"bits": 8, "scheme": "per-channel-absmax"}
     config.json               {"format", "model": ModelConfig, "step", ...}
     pocketgpt_tokenizer.json  the tokenizer
     train_state.pt            optimizer, RNG states, data position (tensors/primitives only,
@@ -36,6 +38,7 @@ from pocketgpt.fileio import atomic_dir, atomic_write, fsync_dir, remove_leftove
 from pocketgpt.model import GPT
 from pocketgpt.model.classifier import GPTClassifier
 from pocketgpt.model.lora import apply_lora, lora_modules, lora_state_dict
+from pocketgpt.model.quant import SCHEME, quantize_model
 from pocketgpt.tokenizer import Tokenizer
 
 FORMAT = "pocketgpt-checkpoint"
@@ -178,6 +181,9 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> Che
         model = _load_adapter_model(ckpt, cfg, meta)
     else:
         model = _build(cfg, meta)
+        if meta.get("quantized"):  # int8 layers (model/quant.py) to load `<name>.weight_int8` / `<name>.scale` into
+            _check_quantized(meta["quantized"], ckpt)
+            quantize_model(model, empty=True)
         _load_weights(model, ckpt / "model.safetensors", ckpt)
     model.to(device).eval()
     return Checkpoint(path=ckpt, model=model, tokenizer=tokenizer, meta=meta)
@@ -196,7 +202,7 @@ def _load_weights(model: GPT, weights: Path, ckpt: Path) -> None:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint weights are truncated or corrupt: {weights} ({e})") from None
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and "lm_head.weight" in model.state_dict():  # an int8 head has its own copy
         state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     check_tensors(
         model.state_dict(),
@@ -205,6 +211,20 @@ def _load_weights(model: GPT, weights: Path, ckpt: Path) -> None:
         problem=f"checkpoint weights do not match its config ({ckpt})",
     )
     model.load_state_dict(state)
+
+
+def require_float(ckpt: Checkpoint, doing: str) -> None:
+    """UserError when `ckpt` holds int8 weights: training, merging and export need the float checkpoint."""
+    if ckpt.meta.get("quantized"):
+        src = ckpt.meta.get("quantized_from")
+        raise UserError(
+            f"{doing} needs float weights; {ckpt.path} is int8 (pocketgpt quantize){f': use {src}' if src else ''}"
+        )
+
+
+def _check_quantized(q, ckpt: Path) -> None:
+    if q != SCHEME:
+        raise UserError(f"{ckpt} is quantized as {q!r}; this pocketgpt reads only {SCHEME!r}")
 
 
 def check_tensors(own: dict, given: dict, *, required: set, problem: str) -> None:

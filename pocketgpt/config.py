@@ -269,6 +269,10 @@ class SampleConfig:
     """also return the this many most likely alternatives at each step (0..20)"""
     stop: tuple[str, ...] = ()
     """stop when the text contains one of these strings (never included in the output)"""
+    speculative: Literal["off", "ngram", "draft"] = "off"
+    """speculative decoding, same output in fewer model passes: ngram (prompt lookup) or draft (a smaller model)"""
+    draft_tokens: int = 4
+    """tokens drafted per model pass when speculative (1..16)"""
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -290,6 +294,15 @@ class SampleConfig:
         _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         _check(self.num_beams >= 1, f"num_beams must be >= 1, got {self.num_beams}")
         _check(0 <= self.top_logprobs <= 20, f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
+        _check(
+            self.speculative in ("off", "ngram", "draft"),
+            f"speculative must be off, ngram or draft, got {self.speculative!r}",
+        )
+        _check(1 <= self.draft_tokens <= 16, f"draft_tokens must be in [1, 16], got {self.draft_tokens}")
+        _check(
+            self.speculative == "off" or self.num_beams == 1,
+            "speculative decoding does not combine with beam search: use num_beams=1 or speculative='off'",
+        )
         if self.num_beams > 1:
             _check(not t, f"beam search is deterministic and cannot sample: drop temperature={t} or use num_beams=1")
             _check(
@@ -425,6 +438,8 @@ class ServeConfig(RuntimeConfig):
     kernels: Literal["auto", "linear", "split"] = "auto"
     """batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine at load (cached), or
     linear / split everywhere"""
+    quantize: Literal["none", "int8"] = "none"
+    """int8: quantize the weights to int8 on load (no quality check; `pocketgpt quantize` checks and saves)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -53,22 +53,28 @@ def loss_sums(
         x, y = buf[:, :-1].to(device), buf[:, 1:]
         with autocast(device, dtype):
             logits, _ = model(x)
-        loss = (
-            F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="none")
-            .double()
-            .cpu()
-        )
-        nbytes = tb[y.reshape(-1)]
-        sums[i] = torch.stack(
-            [
-                loss.sum(),
-                (loss * (nbytes > 0)).sum(),
-                torch.tensor(float(loss.numel()), dtype=torch.float64),
-                nbytes.sum(),
-            ]
-        )
+        sums[i] = window_sums(logits, y, tb)
     model.train(was_training)
     return sums
+
+
+def window_sums(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor) -> torch.Tensor:
+    """float64 (4,): [summed loss, summed loss over byte-carrying targets, targets, bytes] of logits (B, T, V) for
+    targets y (B, T) (on the CPU); token_bytes: float64 bytes per token id."""
+    loss = (
+        F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(logits.device).reshape(-1), reduction="none")
+        .double()
+        .cpu()
+    )
+    nbytes = token_bytes[y.reshape(-1)]
+    return torch.stack(
+        [
+            loss.sum(),
+            (loss * (nbytes > 0)).sum(),
+            torch.tensor(float(loss.numel()), dtype=torch.float64),
+            nbytes.sum(),
+        ]
+    )
 
 
 def add_in_order(rows: torch.Tensor) -> list[float]:

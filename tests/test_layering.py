@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"tokenizer", "model"},  # tokenizer: no torch; model: torch + config + errors only (see ONLY below)
     {"data", "evaluate", "checkpoint"},
     {"generate", "interop"},
-    {"train", "explain"},
+    {"train", "explain", "quantize"},  # quantize: checkpoint + evaluate + data + generate (the int8 run dtype)
     {"finetune"},
     {"serve"},  # leaves: nothing imports serve but cli, and nothing imports cli
     {"cli"},

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Optional
 
-from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags, dataclass_from
+from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags, add_quantize_flag, dataclass_from
 from pocketgpt.cli.report import print_kernels
 from pocketgpt.config import RuntimeConfig, SampleConfig
 from pocketgpt.errors import UserError
@@ -49,6 +49,7 @@ def add_chat_arguments(parser) -> None:
     add_dataclass_flags(parser, SampleConfig, dashes=True, skip=SKIP)
     add_dataclass_flags(parser, RuntimeConfig)
     add_kernel_flags(parser)
+    add_quantize_flag(parser)
 
 
 def _note(msg: str) -> None:
@@ -175,11 +176,14 @@ def run_chat(ns) -> int:
     from pocketgpt.checkpoint import load_checkpoint
     from pocketgpt.device import setup_runtime
     from pocketgpt.generate.text import TextGenerator
+    from pocketgpt.model.quant import is_quantized, quantize_model
 
     sample = dataclass_from(ns, SampleConfig)
     _check_chat_ready(ns.checkpoint)
     device, dtype = setup_runtime(dataclass_from(ns, RuntimeConfig), verbose=False)
     ckpt = load_checkpoint(ns.checkpoint, device=device)
+    if ns.quantize == "int8" and not is_quantized(ckpt.model):
+        quantize_model(ckpt.model)
     gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels)
     if ns.verbose:
         print_kernels(gen.engine, file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketgpt.cli.fields import dataclass_from, run_from_namespace
-from pocketgpt.cli.report import print_kernels
+from pocketgpt.cli.report import print_kernels, print_speculation
 from pocketgpt.config import CorpusConfig, RuntimeConfig, SampleConfig, TokenizerConfig
 from pocketgpt.errors import UserError
 
@@ -30,6 +31,7 @@ def dispatch(ns) -> int:
         "merge": cmd_merge,
         "chat": cmd_chat,
         "serve": cmd_serve,
+        "quantize": cmd_quantize,
     }[cmd](ns.get(cmd))
 
 
@@ -110,11 +112,17 @@ def _load(ns, verbose: bool = False):
 def cmd_generate(ns) -> int:
     from pocketgpt.generate.text import TextGenerator
 
-    sample = dataclass_from(ns, SampleConfig)
+    sample = _speculative(ns, dataclass_from(ns, SampleConfig))
     if ns.stream and (sample.num_samples > 1 or sample.num_beams > 1):
         raise UserError("--stream prints one sequence: drop --num-samples / --beams, or drop --stream")
     ckpt, device, dtype = _load(ns, verbose=ns.verbose)
-    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels)
+    if ns.quantize == "int8":
+        from pocketgpt.model.quant import is_quantized, quantize_model
+
+        if not is_quantized(ckpt.model):
+            quantize_model(ckpt.model)
+    draft = _load_draft(ns, ckpt, device)
+    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels, draft=draft)
     if ns.verbose:
         print_kernels(gen.engine, file=sys.stderr)
     if ns.stream:
@@ -123,6 +131,8 @@ def cmd_generate(ns) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        if ns.verbose and sample.speculative != "off":
+            print_speculation(gen.engine.spec_stats, file=sys.stderr)
         return 0
     results = gen.complete([ns.prompt], sample)[0]
     for i, c in enumerate(results):
@@ -130,7 +140,34 @@ def cmd_generate(ns) -> int:
             score = f" (score {c.score:.4f})" if c.score is not None else ""
             print(f"--- {'beam' if sample.num_beams > 1 else 'sample'} {i + 1}{score} ---")
         sys.stdout.write(printable(ns.prompt + c.text) + "\n")
+    if ns.verbose and sample.speculative != "off":
+        print_speculation(gen.engine.spec_stats, file=sys.stderr)
     return 0
+
+
+def _speculative(ns, sample: SampleConfig) -> SampleConfig:
+    """--draft CKPT implies --speculative draft; the two flags must agree."""
+    if ns.draft is None:
+        if sample.speculative == "draft":
+            raise UserError("--speculative draft needs --draft CHECKPOINT (a smaller model with the same tokenizer)")
+        return sample
+    if sample.speculative == "ngram":
+        raise UserError("--draft drafts with a model and --speculative ngram without one: drop one of them")
+    return dataclasses.replace(sample, speculative="draft")
+
+
+def _load_draft(ns, ckpt, device):
+    """The --draft checkpoint's model, refused unless its tokenizer is the checkpoint's."""
+    if ns.draft is None:
+        return None
+    from pocketgpt.checkpoint import load_checkpoint
+
+    draft = load_checkpoint(ns.draft, device=device)
+    if draft.tokenizer != ckpt.tokenizer:
+        raise UserError(
+            f"--draft {ns.draft} has another tokenizer than {ns.checkpoint}: a draft model must use the same one"
+        )
+    return draft.model
 
 
 def cmd_eval(ns) -> int:
@@ -141,6 +178,12 @@ def cmd_eval(ns) -> int:
     if ns.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {ns.batch_size}")
     ckpt, device, _ = _load(ns)
+    from pocketgpt.generate.int8_kernels import choose_int8, int8_activation_dtype
+    from pocketgpt.model.quant import is_quantized
+
+    if is_quantized(ckpt.model):  # as the engine (and quantize's gate) run it: bf16 where native, its kernels
+        ckpt.model.to(int8_activation_dtype(device))
+        choose_int8(ckpt.model)
     tok = ckpt.tokenizer
     tokens = np.concatenate(list(encode_documents(iter_documents(ns.data), tok)))
     if len(tokens) < 2:
@@ -153,6 +196,24 @@ def cmd_eval(ns) -> int:
             f"over {r['tokens']:,} tokens ({r['bytes']:,} bytes)"
         )
     print(json.dumps(r))
+    return 0
+
+
+def cmd_quantize(ns) -> int:
+    from pocketgpt.device import pick_device, set_threads
+    from pocketgpt.quantize import quantize_checkpoint
+
+    runtime = dataclass_from(ns, RuntimeConfig)
+    set_threads(runtime.threads)
+    quantize_checkpoint(
+        ns.checkpoint,
+        ns.out,
+        bits=ns.bits,
+        data=ns.data,
+        max_bpb_increase=ns.max_bpb_increase,
+        max_tokens=ns.max_tokens,
+        device=pick_device(runtime.device),
+    )
     return 0
 
 

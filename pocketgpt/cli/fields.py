@@ -86,4 +86,18 @@ def add_kernel_flags(p: ArgumentParser) -> None:
         help="batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine (cached), or "
         "linear / split everywhere",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="print the device and the kernels chosen, with timings")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the device, the kernels chosen with timings, and speculative decoding's stats",
+    )
+
+
+def add_quantize_flag(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        type=Literal["none", "int8"],
+        default="none",
+        help="int8: quantize the weights to int8 on load (no quality check; `pocketgpt quantize` checks and saves)",
+    )

@@ -16,7 +16,7 @@ from typing import Optional
 import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags
+from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags, add_quantize_flag
 from pocketgpt.config import (
     CorpusConfig,
     FinetuneRun,
@@ -174,7 +174,14 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     )
     ge.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); never printed")
     ge.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    ge.add_argument(
+        "--draft",
+        type=Optional[str],
+        default=None,
+        help="checkpoint of a smaller model with the same tokenizer that drafts tokens (implies --speculative draft)",
+    )
     add_kernel_flags(ge)
+    add_quantize_flag(ge)
     add_dataclass_flags(ge, RuntimeConfig)
     sub.add_subcommand("generate", ge, help="generate text from a checkpoint")
 
@@ -218,6 +225,40 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     )
     cv.add_argument("out", help="folder to write (must not exist, or be empty)")
     sub.add_subcommand("convert", cv, help="convert checkpoints from / to Hugging Face GPT-2")
+
+    qz = ArgumentParser(
+        exit_on_error=False,
+        description="Quantize a checkpoint's weights to int8 (per output channel), checked on held-out text first: "
+        "bits per byte before and after and KL(float || int8); refuses to write if bits per byte rise too much.",
+    )
+    qz.add_argument("checkpoint", help="checkpoint or run folder (float weights)")
+    qz.add_argument("out", help="folder to write the int8 checkpoint into (must not exist, or be empty)")
+    qz.add_argument("--bits", type=int, default=8, help="weight bits: 8 (the only one)")
+    qz.add_argument(
+        "--data",
+        type=Optional[str],
+        default=None,
+        help="held-out text (file, folder, glob, .jsonl); default: the run's validation split (a converted "
+        "checkpoint has none: give --data)",
+    )
+    qz.add_argument(
+        "--max-bpb-increase",
+        "--max_bpb_increase",
+        dest="max_bpb_increase",
+        type=float,
+        default=0.01,
+        help="refuse to write when int8 raises bits per byte by more than this",
+    )
+    qz.add_argument(
+        "--max-tokens",
+        "--max_tokens",
+        dest="max_tokens",
+        type=int,
+        default=65536,
+        help="evaluate at most this many held-out tokens (0 = all)",
+    )
+    add_dataclass_flags(qz, RuntimeConfig, skip={"dtype"})  # float32 before; int8 as the engine runs it
+    sub.add_subcommand("quantize", qz, help="quantize a checkpoint to int8, gated on bits per byte")
 
     pl = ArgumentParser(exit_on_error=False, description="Draw loss.png from a run's metrics.jsonl.")
     pl.add_argument("run_dir", help="training run folder")

@@ -21,6 +21,7 @@ from pocketgpt.checkpoint import (
     load_adapter,
     load_checkpoint,
     read_adapter_config,
+    require_float,
     resolve,
     save_checkpoint,
 )
@@ -69,6 +70,7 @@ def merge_checkpoint(checkpoint_dir: Path | str, adapter_dir: Path | str, out: P
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     # 2) base model (+ grown vocabulary, + classifier head), adapter, merge
     ckpt = load_checkpoint(checkpoint_dir)
+    require_float(ckpt, "merging an adapter")
     if ckpt.meta.get("adapter"):
         raise UserError(f"the base checkpoint is itself a LoRA adapter; pass its base checkpoint: {ckpt.path}")
     model = ckpt.model

@@ -8,7 +8,8 @@ strings, HTTP or argv (stop strings are checked by the caller through `should_st
   request repeats exactly whatever else is in the batch;
 - every sampling option in `SampleConfig` (via the pure functions in sampling.py), log-probabilities;
 - beam search with Hugging Face's semantics (beam_search.py);
-- prompts longer than the context keep their last tokens; past the context the window slides.
+- prompts longer than the context keep their last tokens; past the context the window slides;
+- speculative decoding at batch 1 (`SampleConfig.speculative`, `Engine(model, draft=...)`: speculative.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from pocketgpt.config import SampleConfig
 from pocketgpt.generate import sampling as S
 from pocketgpt.generate.beam_search import beam_search
 from pocketgpt.generate.completion import Completion, bucket_length, crop_prompt
+from pocketgpt.generate.int8_kernels import choose_int8, int8_activation_dtype
 from pocketgpt.generate.kernels import choose as choose_kernels
+from pocketgpt.generate.speculative import SpecStats, prepare_draft, run_speculative
 from pocketgpt.model import KVCache
+from pocketgpt.model.quant import is_quantized
 
 
 @dataclass
@@ -45,15 +49,21 @@ class Engine:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
+        draft=None,
     ):
         """`dtype` is the inference precision of weights and cache; bfloat16 halves the bytes each token reads.
         `kernels`: the batch-1 matmul kernel per weight shape, `auto` = timed on this machine (kernels.py), or
         `linear` / `split` for every shape; `self.kernels` records the choice and its timings.
+        `draft`: a smaller model with the same tokenizer for `SampleConfig(speculative="draft")` (moved to this
+        device and dtype); `self.spec_stats` tells what the last speculative call drafted and accepted.
 
-        The model is converted in place (model.to(dtype)).
+        The model is converted in place (model.to(dtype)). A quantized model (int8 weights) computes in bf16 where
+        the hardware has it natively and float32 elsewhere, whatever `dtype` says (its int8 weights stay int8).
         """
         self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if is_quantized(model):  # int8 weights (model/quant.py): bf16 activations where native, float32 elsewhere
+            dtype = int8_activation_dtype(self.device)
         self.dtype = dtype
         if next(model.parameters()).dtype != dtype:
             self.model.to(dtype)
@@ -64,6 +74,9 @@ class Engine:
         self.bucket_prefill = self.device.type == "cpu" and dtype != torch.float32
         # batch-1 matmuls: the kernel that measured fastest on this machine, per weight shape (same weights)
         self.kernels = choose_kernels(self.model, kernels)
+        self.kernels.update(choose_int8(self.model, kernels))  # int8 layers: timed the same way (int8_kernels.py)
+        self.draft = None if draft is None else prepare_draft(draft, self.cfg, self.device, self.dtype, kernels)
+        self.spec_stats = SpecStats()
 
     # --- the two model calls ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -129,6 +142,9 @@ class Engine:
         yield from self._run([prompt], sample, stop_ids, should_stop, on_token=True, sink=out)
 
     def _run(self, prompts, sample: SampleConfig, stop_ids, should_stop, on_token: bool = False, sink=None):
+        if sample.speculative != "off":  # batch 1, row after row (speculative.py)
+            yield from run_speculative(self, prompts, sample, stop_ids, should_stop, on_token, sink)
+            return
         n, temp = sample.num_samples, sample.effective_temperature
         stop = set(stop_ids)
         base_seed = sample.seed if sample.seed is not None else random.getrandbits(62)

@@ -149,6 +149,17 @@ def pick_rows(
     return sample_rows(_filtered(logits, temperature, top_k, top_p, min_p), generators, noise)
 
 
+def distribution(
+    logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> torch.Tensor:
+    """The probabilities (B, V) `pick` draws from: temperature, top-k, top-p, min-p, softmax; temperature 0 is a
+    point mass on the greedy token (speculative decoding compares these)."""
+    logits = logits.float()
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, greedy(logits)[:, None], 1.0)
+    return _filtered(logits, temperature, top_k, top_p, min_p).softmax(dim=-1)
+
+
 def _filtered(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
     logits = apply_temperature(logits, temperature)
     return min_p_filter(top_p_filter(top_k_filter(logits, top_k), top_p), min_p)

@@ -64,8 +64,10 @@ class TextGenerator:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
+        draft=None,
     ):
-        self.engine = Engine(model, device=device, dtype=dtype, kernels=kernels)
+        """`draft`: a smaller model with the same tokenizer, for `SampleConfig(speculative="draft")`."""
+        self.engine = Engine(model, device=device, dtype=dtype, kernels=kernels, draft=draft)
         self.tokenizer = tokenizer
 
     def encode_prompt(self, prompt: str) -> list[int]:

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pocketgpt.checkpoint import load_checkpoint, write_checkpoint_files
+from pocketgpt.checkpoint import load_checkpoint, require_float, write_checkpoint_files
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import UserError
 from pocketgpt.fileio import atomic_dir
@@ -423,6 +423,7 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
     """A pocketgpt checkpoint (or run folder) -> a Hugging Face GPT-2 folder at `out` (returned)."""
     out = _check_out(out)
     ckpt = load_checkpoint(checkpoint)
+    require_float(ckpt, "export to Hugging Face")
     cfg, tokenizer = ckpt.model.config, ckpt.tokenizer
     hf_config = config_to_hf(cfg, eot_id=tokenizer.eot_id)
     check_exportable(tokenizer)

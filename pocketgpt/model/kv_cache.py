@@ -77,6 +77,13 @@ class KVCache:
     def advance(self, T: int) -> None:
         self.pos += T  # `valid` already marks every slot after a row's padding as real
 
+    def rollback(self, n: int) -> None:
+        """Forget the last n positions (speculative decoding: drafted tokens the model rejected); the next
+        `update` overwrites their slots, and attention never reads past `pos`."""
+        if not 0 <= n <= self.pos:
+            raise ValueError(f"cannot roll back {n} positions of a cache holding {self.pos}")
+        self.pos -= n
+
     def reset(self) -> None:
         self.pos = 0
         self.valid = None

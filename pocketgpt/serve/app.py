@@ -35,6 +35,7 @@ from pocketgpt.config import ServeConfig
 from pocketgpt.errors import UserError
 from pocketgpt.generate.engine import Engine
 from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed
+from pocketgpt.model.quant import is_quantized, quantize_model
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 
@@ -110,6 +111,8 @@ def create_app(
     else:
         dev, dtype = setup_runtime(cfg, verbose=False)
         ckpt = load_checkpoint(checkpoint, device=dev)
+    if cfg.quantize == "int8" and not is_quantized(ckpt.model):
+        quantize_model(ckpt.model)
     engine = Engine(ckpt.model, device=dev, dtype=dtype, kernels=cfg.kernels)
     scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
