@@ -10,11 +10,11 @@ What does not live here: parsing argv (cli/), reading files (checkpoint.py, data
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pocketgpt.config_dicts import deep_merge, flatten, from_dict, to_dict, unflatten  # noqa: F401  (public here too)
 from pocketgpt.errors import UserError
 from pocketgpt.presets import PRESETS, get_preset, preset_names  # noqa: F401  (the public names live here too)
 
@@ -479,77 +479,3 @@ class ServeConfig(RuntimeConfig):
 def model_preset(name: str, **overrides: Any) -> ModelConfig:
     """ModelConfig of a named preset, e.g. `model_preset("gpt2")`."""
     return ModelConfig(**{**get_preset(name).get("model", {}), **overrides})
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """`base` with `over` on top, nested dicts merged key by key (presets, YAML files, recipe configs)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}: the dotted names the CLI's flags use."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def unflatten(d: dict) -> dict:
-    """{"train.lr": 1e-3} -> {"train": {"lr": 1e-3}}."""
-    out: dict = {}
-    for key, v in d.items():
-        *parents, last = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass (possibly nested) as plain JSON/YAML-safe data."""
-    d = dataclasses.asdict(cfg)
-    return _plain(d)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
-def from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build a (nested) config dataclass from plain data; unknown keys are an error naming the key."""
-    if not isinstance(d, dict):
-        raise UserError(f"expected a mapping for {cls.__name__}, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise UserError(f"unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in d.items():
-        sub = _dataclass_type(fields[name].type)
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value)
-        elif isinstance(value, list) and name == "extensions":
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-_CONFIG_CLASSES = {
-    c.__name__: c for c in (ModelConfig, TokenizerConfig, CorpusConfig, TrainConfig, SampleConfig, LoRAConfig)
-}
-
-
-def _dataclass_type(annotation: Any) -> type | None:
-    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    return _CONFIG_CLASSES.get(name)

@@ -279,7 +279,7 @@ def cmd_serve(ns) -> int:
 
     cfg = dataclass_from(ns, ServeConfig)  # its checks name a bad flag before anything loads
     try:
-        from pocketgpt.serve.app import serve
+        from pocketgpt.serve.server import serve
     except ImportError as e:
         raise UserError(f"serving needs the [serve] extra: pip install 'pocketgpt[serve]' ({e})") from None
     serve(ns.checkpoint, cfg)

@@ -1,7 +1,7 @@
 """Serving: an OpenAI-compatible HTTP API over the continuous-batching scheduler (FastAPI + uvicorn, the [serve] extra).
 
-`create_app(checkpoint, config)` returns the ASGI app; `serve(checkpoint, config)` runs it (both in app.py, imported
-on first use so that `import pocketgpt.serve` works without the extra). `config` is a `ServeConfig`
+`create_app(checkpoint, config)` returns the ASGI app (app.py); `serve(checkpoint, config)` runs it (server.py); both
+are imported on first use so that `import pocketgpt.serve` works without the extra). `config` is a `ServeConfig`
 (pocketgpt/config.py: host, port, key, limits, precision; `ServeLimits` is its old name). The app is a leaf: it
 parses, calls the scheduler (generate/scheduler.py) and formats; the model, sampling and chat template live elsewhere.
 """
@@ -11,10 +11,14 @@ from pocketgpt.serve.protocol import APIError, ServeLimits
 
 
 def __getattr__(name: str):
-    if name in ("create_app", "serve"):
+    if name == "create_app":
         from pocketgpt.serve import app
 
-        return getattr(app, name)
+        return app.create_app
+    if name == "serve":
+        from pocketgpt.serve import server
+
+        return server.serve
     raise AttributeError(f"module 'pocketgpt.serve' has no attribute {name!r}")
 
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from serve_helpers import chat_ckpt, make_app, running  # noqa: F401  (fixtures)
 
-from pocketgpt.serve.app import InFlightLimit
+from pocketgpt.serve.server import InFlightLimit
 
 
 def test_requests_beyond_the_in_flight_limit_get_an_openai_429(chat_ckpt):

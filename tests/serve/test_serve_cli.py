@@ -18,7 +18,8 @@ from pocketgpt.cli.main import main
 from pocketgpt.config import ServeConfig
 from pocketgpt.errors import UserError
 from pocketgpt.serve import ServeLimits
-from pocketgpt.serve.app import serve_config, startup_message
+from pocketgpt.serve.app import serve_config
+from pocketgpt.serve.server import startup_message
 
 REPO = Path(__file__).resolve().parents[2]
 
