@@ -19,6 +19,16 @@ from pocketgpt.errors import UserError
 from pocketgpt.presets import PRESETS, get_preset, preset_names  # noqa: F401  (the public names live here too)
 
 
+def _ints(obj, names: tuple[str, ...], least: int, prefix: str = "") -> None:
+    """Each named field is an integer (not a bool) >= least; else a UserError naming it and the value."""
+    what = "a positive integer" if least == 1 else "a non-negative integer"
+    for name in names:
+        v = getattr(obj, name)
+        _check(
+            isinstance(v, int) and not isinstance(v, bool) and v >= least, f"{prefix}{name} must be {what}, got {v!r}"
+        )
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise UserError(msg)
@@ -60,9 +70,7 @@ class ModelConfig:
     """RMS-normalise each head's queries and keys before attention (QK-norm: steadier at high learning rates)"""
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"model.{name} must be a positive integer, got {v!r}")
+        _ints(self, ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"), 1, "model.")
         _check(
             self.n_embd % self.n_head == 0,
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
@@ -205,20 +213,9 @@ class TrainConfig(RuntimeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"train.{name} must be a positive integer, got {v!r}")
-        for name in (
-            "warmup_steps",
-            "eval_every",
-            "eval_tokens",
-            "save_every",
-            "log_every",
-            "samples",
-            "sample_tokens",
-        ):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 0, f"train.{name} must be a non-negative integer, got {v!r}")
+        _ints(self, ("max_steps", "batch_size", "grad_accum"), 1, "train.")
+        counts = ("warmup_steps", "eval_every", "eval_tokens", "save_every", "log_every", "samples", "sample_tokens")
+        _ints(self, counts, 0, "train.")
         _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be positive, got {self.lr}")
         _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
@@ -463,12 +460,7 @@ class ServeConfig(RuntimeConfig):
             self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip()),
             f"model_name must be a non-empty string, got {self.model_name!r}",
         )
-        for name in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"):
-            v = getattr(self, name)
-            _check(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                f"{name} must be a positive integer, got {v!r}",
-            )
+        _ints(self, ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"), 1)
         v = self.max_prompt_tokens
         _check(
             v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
