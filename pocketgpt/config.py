@@ -71,10 +71,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _ints(self, ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"), 1, "model.")
-        _check(
-            self.n_embd % self.n_head == 0,
-            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
-        )
+        e, h = self.n_embd, self.n_head
+        _check(e % h == 0, f"model.n_embd ({e}) must be divisible by model.n_head ({h})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding in ("rope", "sinusoidal"):
             dim = self.head_dim if self.pos_encoding == "rope" else self.n_embd
@@ -222,10 +220,8 @@ class TrainConfig(RuntimeConfig):
         _check(self.muon_lr > 0 and math.isfinite(self.muon_lr), f"train.muon_lr must be positive, got {self.muon_lr}")
         _check(0.0 <= self.muon_momentum < 1.0, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         _check(self.max_time >= 0 and math.isfinite(self.max_time), f"train.max_time must be >= 0, got {self.max_time}")
-        _check(
-            self.dist_timeout_s > 0 and math.isfinite(self.dist_timeout_s),
-            f"train.dist_timeout_s must be positive, got {self.dist_timeout_s}",
-        )
+        t = self.dist_timeout_s
+        _check(t > 0 and math.isfinite(t), f"train.dist_timeout_s must be positive, got {t}")
 
 
 @dataclass
@@ -275,16 +271,14 @@ class SampleConfig:
         t = self.temperature
         _check(
             t is None or (isinstance(t, (int, float)) and not math.isnan(t) and t >= 0),
-            f"temperature must be a number >= 0, got {t}",
+            f"temperature must be >= 0, got {t}",
         )
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}")
         _check(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        _check(
-            self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty),
-            f"repetition_penalty must be > 0, got {self.repetition_penalty}",
-        )
+        r = self.repetition_penalty
+        _check(r > 0 and math.isfinite(r), f"repetition_penalty must be > 0, got {r}")
         for name in ("frequency_penalty", "presence_penalty"):
             v = getattr(self, name)
             _check(math.isfinite(v) and -2.0 <= v <= 2.0, f"{name} must be in [-2, 2], got {v}")
@@ -456,10 +450,8 @@ class ServeConfig(RuntimeConfig):
                 k.isascii() and k.isprintable() and " " not in k,
                 f"api_key must be printable ASCII without spaces (the {len(k)}-character key given is not)",
             )
-        _check(
-            self.model_name is None or (isinstance(self.model_name, str) and self.model_name.strip()),
-            f"model_name must be a non-empty string, got {self.model_name!r}",
-        )
+        m = self.model_name
+        _check(m is None or (isinstance(m, str) and m.strip()), f"model_name must be a non-empty string, got {m!r}")
         _ints(self, ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_n"), 1)
         v = self.max_prompt_tokens
         _check(
