@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pocketgpt"
 # bottom to top; a unit imports only units of strictly lower layers
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"fileio", "presets", "config_dicts"},
+    {"fileio", "presets", "config_dicts", "config_runtime"},
     {"config"},
     {"device", "plot"},
     {"tokenizer", "model"},  # tokenizer: no torch; model: torch + config + errors only (see ONLY below)
