@@ -9,7 +9,9 @@ pocketgpt again in float32 so the no-bf16 case is on the table too. Tokens/s is 
 median time of a full step (forward + backward + clip + optimizer) after warmup, from nanoGPT's
 "iter N: ... time X ms" lines and pocketgpt's metrics.jsonl `step_time`. MFU is model FLOPs (6N + 12LTC per
 token, the same formula for both) over this machine's measured matmul peak. The GPT-2 shape also reports
-the peak resident memory of each process, and pocketgpt with activation checkpointing.
+the peak resident memory of each process, pocketgpt with activation checkpointing, and pocketgpt with
+`--train.fused_loss false` (lm_head then F.cross_entropy over the full logits: the way before the fused,
+chunked head + loss) for the before/after of that change.
 
 Shapes: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, context 64, batch 12, tiny Shakespeare by
 character: nanoGPT's vocabulary is its 65 characters, pocketgpt's character tokenizer has 256 byte ids plus
@@ -203,6 +205,7 @@ def main() -> None:
             if args.device == "cpu":
                 runs["pocketgpt float32"] = []
             if name == "gpt2":
+                runs["pocketgpt default, plain head + loss (before fused_loss)"] = []
                 runs["pocketgpt default + activation checkpointing"] = []
             for _ in range(args.rounds):
                 runs[ng_label].append(nanogpt_run(root, dataset, shape, args.device))
@@ -212,6 +215,9 @@ def main() -> None:
                         pocketgpt_run(work, text, shape, tok, ["--train.dtype", "float32"])
                     )
                 if name == "gpt2":
+                    runs["pocketgpt default, plain head + loss (before fused_loss)"].append(
+                        pocketgpt_run(work, text, shape, tok, ["--train.fused_loss", "false"])
+                    )
                     runs["pocketgpt default + activation checkpointing"].append(
                         pocketgpt_run(work, text, shape, tok, ["--train.activation_checkpointing", "true"])
                     )

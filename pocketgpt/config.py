@@ -150,6 +150,9 @@ class TrainConfig(RuntimeConfig):
     """torch.compile the model (pays off on GPU; on CPU the compile time often outweighs the gain)"""
     activation_checkpointing: bool = False
     """recompute each block's activations in the backward pass instead of storing them: less memory, ~30% more compute"""
+    fused_loss: bool = True
+    """compute the head and the cross-entropy chunk by chunk (model/head_loss.py), never the whole (batch x context x
+    vocabulary) logits: same FLOPs, far less memory; false = lm_head then F.cross_entropy"""
     max_time: float = 0.0
     """stop after this many seconds of training (0 = no limit); the learning-rate decay then follows whichever of
     steps or time runs out first, so a time-limited run is not bit-for-bit repeatable"""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from pocketgpt.config import ModelConfig
+from pocketgpt.model.head_loss import linear_cross_entropy
 from pocketgpt.model.kv_cache import KVCache
 from pocketgpt.model.positional import POSITIONAL, apply_rotary
 
@@ -142,6 +143,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.activation_checkpointing = False  # a training choice (TrainConfig), not part of the architecture
+        self.fused_loss = False  # training: head + loss chunked, no full logits (model/head_loss.py; TrainConfig)
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),  # 1) token embedding table
@@ -202,8 +204,13 @@ class GPT(nn.Module):
         """idx (B, T) -> logits (B, T, vocab), and the mean next-token cross-entropy if targets are given.
 
         Targets equal to -1 are ignored (padding, or prompt tokens when fine-tuning on answers only).
+        With `fused_loss` set (as training sets it) and targets given, the logits are never formed: the
+        loss comes from the head and cross-entropy fused chunk by chunk, and logits is None.
         """
-        logits = self.lm_head(self.hidden(idx, kv_cache))  # (B, T, V)
+        h = self.hidden(idx, kv_cache)  # (B, T, C)
+        if targets is not None and self.fused_loss and type(self.lm_head) is nn.Linear:
+            return None, linear_cross_entropy(h, self.lm_head.weight, targets)
+        logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

@@ -145,6 +145,7 @@ def train_loop(
     time_before = float(resume_state.get("elapsed", 0.0)) if resume_state else 0.0  # training seconds so far
     model.train()
     core.activation_checkpointing = cfg.activation_checkpointing
+    core.fused_loss = cfg.fused_loss
     compiled = torch.compile(model) if cfg.compile else model
 
     def checkpoint(name: str) -> None:
@@ -224,7 +225,8 @@ def train_loop(
             bar.update(1)
 
             record = None
-            if cfg.log_every and step % cfg.log_every == 0:
+            time_up = bool(cfg.max_time) and time.perf_counter() - t_start + time_before >= cfg.max_time
+            if cfg.log_every and (step % cfg.log_every == 0 or time_up):  # a clock-stopped run logs its last step
                 record = {
                     "step": step,
                     "loss": loss_val,
@@ -258,7 +260,6 @@ def train_loop(
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
                 checkpoint(f"ckpt-{step:07d}")
                 last_saved = step
-            time_up = bool(cfg.max_time) and time.perf_counter() - t_start + time_before >= cfg.max_time
             if dist.any(time_up) and step < cfg.max_steps:
                 tqdm.write(f"train.max_time ({cfg.max_time:g} s) reached at step {step}")
                 checkpoint(f"ckpt-{step:07d}")
