@@ -1,6 +1,7 @@
 """Publishing files and folders atomically: the only way anything pocketgpt writes appears on disk.
 
 - `atomic_write(path, data)`: a temp file beside the target, flushed and fsynced, then renamed over it.
+- `atomic_file(path)`: the same for writers that want a file name: a temp path to write, renamed at the end.
 - `atomic_dir(target)`: a temp folder beside the target that the caller fills; on a clean exit every file in
   it is fsynced and the folder is renamed into place (on an exception it is removed).
 A kill at any moment leaves either the old file/folder or the new one, never half of one. Files and folders
@@ -49,6 +50,26 @@ def atomic_write(path: Path | str, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside `path` for a writer that wants a file name (e.g. gguf.GGUFWriter); when the
+    block ends cleanly it is fsynced and renamed over `path`; on an exception it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

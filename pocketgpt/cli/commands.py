@@ -227,9 +227,27 @@ def cmd_plot(ns) -> int:
 def cmd_convert(ns) -> int:
     from pocketgpt.interop import convert_from_hf, convert_to_hf
 
-    if (ns.from_hf is None) == (ns.to_hf is None):
-        raise UserError("give exactly one of --from-hf SOURCE or --to-hf CHECKPOINT")
-    path = convert_from_hf(ns.from_hf, ns.out) if ns.from_hf else convert_to_hf(ns.to_hf, ns.out)
+    given = {
+        k: v
+        for k, v in (("from-hf", ns.from_hf), ("to-hf", ns.to_hf), ("to-gguf", ns.to_gguf), ("to-onnx", ns.to_onnx))
+        if v is not None
+    }
+    if len(given) != 1:
+        raise UserError(
+            "give exactly one of --from-hf SOURCE, --to-hf CHECKPOINT, --to-gguf CHECKPOINT or --to-onnx CHECKPOINT"
+        )
+    if ns.gguf_type != "f32" and ns.to_gguf is None:
+        raise UserError("--type applies to --to-gguf only")
+    if ns.to_gguf is not None:
+        from pocketgpt.interop.gguf_export import convert_to_gguf
+
+        path = convert_to_gguf(ns.to_gguf, ns.out, dtype=ns.gguf_type)
+    elif ns.to_onnx is not None:
+        from pocketgpt.interop.onnx_export import convert_to_onnx
+
+        path = convert_to_onnx(ns.to_onnx, ns.out)
+    else:
+        path = convert_from_hf(ns.from_hf, ns.out) if ns.from_hf else convert_to_hf(ns.to_hf, ns.out)
     print(f"wrote {path}")
     return 0
 

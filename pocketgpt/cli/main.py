@@ -206,7 +206,11 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     add_dataclass_flags(ev, RuntimeConfig, skip={"dtype"})  # evaluates in float32
     sub.add_subcommand("eval", ev, help="evaluate a checkpoint on held-out text")
 
-    cv = ArgumentParser(exit_on_error=False, description="Exchange checkpoints with Hugging Face transformers (GPT-2).")
+    cv = ArgumentParser(
+        exit_on_error=False,
+        description="Exchange checkpoints with Hugging Face transformers (GPT-2); export to GGUF (llama.cpp, "
+        "Ollama, LM Studio) or ONNX (onnxruntime).",
+    )
     cv.add_argument(
         "--from-hf",
         "--from_hf",
@@ -223,8 +227,33 @@ def build_parser(argv: list[str]) -> ArgumentParser:
         default=None,
         help="a pocketgpt checkpoint or run folder to export",
     )
-    cv.add_argument("out", help="folder to write (must not exist, or be empty)")
-    sub.add_subcommand("convert", cv, help="convert checkpoints from / to Hugging Face GPT-2")
+    cv.add_argument(
+        "--to-gguf",
+        "--to_gguf",
+        dest="to_gguf",
+        type=Optional[str],
+        default=None,
+        help="a pocketgpt checkpoint to export as one GGUF file for llama.cpp / Ollama (OUT ends in .gguf)",
+    )
+    cv.add_argument(
+        "--to-onnx",
+        "--to_onnx",
+        dest="to_onnx",
+        type=Optional[str],
+        default=None,
+        help="a pocketgpt checkpoint to export as ONNX (prefill.onnx + decode.onnx with the KV cache) for onnxruntime",
+    )
+    cv.add_argument(
+        "--type",
+        dest="gguf_type",
+        type=str,
+        default="f32",
+        help="with --to-gguf: tensor type f32 | f16 | bf16 | q8_0 (norms and biases stay f32)",
+    )
+    cv.add_argument("out", help="what to write: a folder (must not exist, or be empty), or with --to-gguf a .gguf file")
+    sub.add_subcommand(
+        "convert", cv, help="convert checkpoints from / to Hugging Face GPT-2, or export them to GGUF or ONNX"
+    )
 
     qz = ArgumentParser(
         exit_on_error=False,

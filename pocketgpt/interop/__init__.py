@@ -1,7 +1,9 @@
-"""Weights in and out of other formats; today Hugging Face GPT-2 (`hf_gpt2`, `hf_tokenizer`).
+"""Weights in and out of other formats: Hugging Face GPT-2 both ways (`hf_gpt2`, `hf_tokenizer`); out to GGUF
+for llama.cpp / Ollama (`gguf_export`) and to ONNX for onnxruntime (`onnx_export`, run by `onnx_runtime`).
 
-HF names live only here: `pocketgpt.model` never sees them. `transformers` is not imported by this
-package; downloading a Hub id needs `huggingface_hub` (the `[hf]` extra).
+Foreign names live only here: `pocketgpt.model` never sees them. `transformers` is not imported by this
+package; downloading a Hub id needs `huggingface_hub` (the `[hf]` extra); GGUF and ONNX need the `[export]` extra
+(gguf, onnx, onnxscript, onnxruntime), imported only when used.
 """
 
 from pocketgpt.interop.hf_gpt2 import (
