@@ -390,9 +390,28 @@ class ServeConfig(RuntimeConfig):
     linear / split everywhere"""
     quantize: Literal["none", "int8"] = "none"
     """int8: quantize the weights to int8 on load (no quality check; `pocketgpt quantize` checks and saves)"""
+    speculative: Literal["off", "ngram", "draft"] = "off"
+    """speculative decoding for every request (same output, fewer model passes): ngram (prompt lookup) or draft
+    (the --draft model); each such request decodes on its own KV cache beside the batch"""
+    draft: str | None = None
+    """a smaller checkpoint with the same tokenizer, for speculative=draft"""
+    draft_tokens: int = 4
+    """tokens drafted per model pass when speculative (1..16)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(
+            self.speculative in ("off", "ngram", "draft"),
+            f"speculative must be off, ngram or draft, got {self.speculative!r}",
+        )
+        _check(
+            (self.speculative == "draft") == (self.draft is not None),
+            "speculative=draft and draft=CHECKPOINT go together: give both, or neither",
+        )
+        _check(
+            isinstance(self.draft_tokens, int) and 1 <= self.draft_tokens <= 16,
+            f"draft_tokens must be in [1, 16], got {self.draft_tokens!r}",
+        )
         h = self.host
         _check(isinstance(h, str) and h and h == h.strip(), f"host must be an address such as 127.0.0.1, got {h!r}")
         p = self.port

@@ -13,6 +13,12 @@ and the logits of each row's next token. Each `step()`:
        pick from their generators (the same numbers the pick would draw; it needs no logits).
 A background thread (`start()`) calls `step()` whenever there is work; tests may call `step()` themselves instead.
 
+Speculative requests (`SampleConfig.speculative` ngram or draft) take a row of `max_batch` but not of the batch
+cache: each runs speculative.py's batch-1 loop on its own KV cache, advanced one token per `step()` (a verification
+forward when its drafted tokens are used up, free otherwise). Alone, it decodes as fast as `Engine.generate`'s
+speculative path; beside other rows, it shares the steps. Its output is that path's: greedy equal to plain
+decoding, sampled from plain sampling's distribution, seeded runs repeatable whatever else is running.
+
 The cache layout. KVCache writes every row at the same slot (`pos`), so rows are right-aligned: a row holding
 `fed` tokens fills slots [pos - fed, pos), the slots before are left padding that the cache's `valid` mask hides,
 and each row decodes at its own position (`fed`). When rows join, the batch is rebuilt by copying every row's
@@ -43,6 +49,7 @@ from pocketgpt.generate import sampling as S
 from pocketgpt.generate.batch_sampling import choose_tokens
 from pocketgpt.generate.completion import Completion, crop_prompt
 from pocketgpt.generate.engine import Engine
+from pocketgpt.generate.speculative import SpecStats, decode_row
 from pocketgpt.model import KVCache
 
 
@@ -153,6 +160,8 @@ class _Seq:
     counts: torch.Tensor | None = None  # (V,) generated-token counts, for frequency/presence
     seen: torch.Tensor | None = None  # (V,) bool, tokens in the text, for repetition_penalty
     noise: torch.Tensor | None = None  # (V,) its generator's next draw, made during a decode
+    spec: object | None = None  # speculative rows: the running batch-1 loop (a generator of tokens)
+    out: Completion | None = None  # speculative rows: what the loop has produced (tokens, logprobs, finish)
 
 
 class Scheduler:
@@ -166,6 +175,8 @@ class Scheduler:
         self.max_batch, self.max_queue = max_batch, max_queue
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._rows: list[_Seq] = []  # the batch, in cache order
+        self._spec: list[_Seq] = []  # speculative rows, each on its own cache
+        self.spec_stats = SpecStats("mixed")  # drafted / accepted tokens of every speculative row so far
         self._cache: KVCache | None = None
         self._logits: torch.Tensor | None = None  # (len(rows), V): each row's next-token logits
         self._joining: list[tuple[list[_Seq], KVCache, torch.Tensor]] = []  # prefilled, not yet merged
@@ -233,7 +244,7 @@ class Scheduler:
         """Rows running, requests waiting, and the forward counters."""
         with self._cv:
             return {
-                "running": len(self._rows) + sum(len(r) for r, _, _ in self._joining),
+                "running": len(self._rows) + len(self._spec) + sum(len(r) for r, _, _ in self._joining),
                 "waiting": len(self._waiting),
                 "max_batch": self.max_batch,
                 "max_queue": self.max_queue,
@@ -273,16 +284,21 @@ class Scheduler:
 
     def _end_all(self, reason: str, error: BaseException | None, waiting: bool = False) -> None:
         with self._cv:
-            for s in [*(self._waiting if waiting else ()), *self._rows, *(s for r, _, _ in self._joining for s in r)]:
+            for s in [
+                *(self._waiting if waiting else ()),
+                *self._rows,
+                *self._spec,
+                *(s for r, _, _ in self._joining for s in r),
+            ]:
                 s.handle._finish(reason, error)
             if waiting:
                 self._waiting.clear()
-            self._rows, self._joining, self._cache, self._logits = [], [], None, None
+            self._rows, self._joining, self._cache, self._logits, self._spec = [], [], None, None, []
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closed and not (self._waiting or self._rows or self._joining):
+                while not self._closed and not (self._waiting or self._rows or self._joining or self._spec):
                     self._cv.wait()
                 if self._closed:
                     return
@@ -304,19 +320,24 @@ class Scheduler:
         self._drop(gone)
         # 2) admit waiting requests into free rows: one prefill for all of them
         with self._cv:
-            free = self.max_batch - len(self._rows) - sum(len(r) for r, _, _ in self._joining)
+            free = self.max_batch - len(self._rows) - len(self._spec) - sum(len(r) for r, _, _ in self._joining)
             new = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
         for s in new:
             if s.sample.max_new_tokens == 0:
                 s.handle._finish("length")
         new = [s for s in new if s.sample.max_new_tokens > 0]
+        spec = [s for s in new if s.sample.speculative != "off"]
+        new = [s for s in new if s.sample.speculative == "off"]
+        for s in spec:
+            self._start_speculative(s)
         if new:
             self._prefill(new, [s.context for s in new])
+        ran_spec = self._advance_speculative()
         # 3) merge prefilled rows (new, or slid last step) into the batch
         if self._joining:
             self._merge()
         if not self._rows:
-            return bool(new)
+            return bool(new) or ran_spec
         # 4) one token per row; finished rows leave
         self._pick()
         # 5) rows that filled the context re-prefill their last half-context (as Engine does alone)
@@ -341,6 +362,46 @@ class Scheduler:
         self.decode_batch_sizes.append(len(self._rows))
         for s in self._rows:
             s.fed += 1
+        return True
+
+    def _start_speculative(self, s: _Seq) -> None:
+        s.out = Completion([])
+        s.spec = decode_row(
+            self.engine, s.context, s.sample, s.stop, s.should_stop, s.handle.index, s.generator, s.out, self.spec_stats
+        )
+        self._spec.append(s)
+
+    def _advance_speculative(self) -> bool:
+        """One token for each speculative row (a verification forward only when its accepted drafts are used up);
+        rows that finished or were cancelled leave."""
+        if not self._spec:
+            return False
+        done = []
+        for s in self._spec:
+            if s.handle._cancelled.is_set():
+                s.spec.close()
+                s.handle._finish("cancelled")
+                done.append(s)
+                continue
+            try:
+                tid = next(s.spec)
+            except StopIteration:
+                s.handle._finish(s.out.finish_reason or "length")
+                done.append(s)
+                continue
+            tok = Token(tid)
+            if s.out.logprobs is not None:
+                tok.logprob, tok.top_logprobs = s.out.logprobs[-1], s.out.top_logprobs[-1]
+            s.tokens.append(tid)
+            s.handle.completion_tokens += 1
+            s.handle._put(tok)
+            if len(s.tokens) >= s.sample.max_new_tokens:  # end the stream now, not at the next step
+                s.spec.close()
+                s.handle._finish("length")
+                done.append(s)
+        if done:
+            self._spec = [s for s in self._spec if s not in done]
+            self.finished += len(done)
         return True
 
     def _draw_noise_meanwhile(self) -> Callable[[], None] | None:

@@ -16,7 +16,8 @@ p and q are what plain sampling draws from: logit bias, repetition / frequency /
 tokens counted as if generated), temperature, top-k, top-p, min-p, through sampling.py's functions. Draws come from
 the row's seeded generator, so a seed repeats the text (not plain sampling's text: the draws differ). Past the
 context the window slides where and as the engine's does. Rows (prompts x samples) run one after another.
-What does not live here: the plain batched decode loop (engine.py), continuous batching (scheduler.py).
+What does not live here: the plain batched decode loop (engine.py), continuous batching (scheduler.py, which runs
+speculative requests through `decode_row` one token per step).
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def run_speculative(
             out = Completion([])
             outs.append(out)
             g = torch.Generator().manual_seed(base_seed + j)  # as the engine seeds row j of each prompt
-            for tok in _decode_row(engine, list(p), sample, stop, should_stop, i * n + j, g, out, stats):
+            for tok in decode_row(engine, list(p), sample, stop, should_stop, i * n + j, g, out, stats):
                 if on_token:
                     yield tok
     if sink is not None:
@@ -252,7 +253,9 @@ def run_speculative(
         yield from outs
 
 
-def _decode_row(engine, prompt, sample, stop, should_stop, index, g, out: Completion, stats: SpecStats):
+def decode_row(engine, prompt, sample, stop, should_stop, index, g, out: Completion, stats: SpecStats):
+    """One sequence, speculatively: yields its tokens one by one while filling `out` (tokens, logprobs, finish
+    reason) and `stats`. The engine's `_run` and the scheduler's speculative rows both drive it."""
     bs = engine.cfg.block_size
     ctx, _ = crop_prompt(prompt, bs)
     want_lp = sample.logprobs or sample.top_logprobs > 0

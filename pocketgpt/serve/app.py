@@ -110,7 +110,8 @@ def create_app(
         ckpt = load_checkpoint(checkpoint, device=dev)
     if cfg.quantize == "int8" and not is_quantized(ckpt.model):
         quantize_model(ckpt.model)
-    engine = Engine(ckpt.model, device=dev, dtype=dtype, kernels=cfg.kernels)
+    draft = load_checkpoint(cfg.draft, device=dev).model if cfg.draft else None
+    engine = Engine(ckpt.model, device=dev, dtype=dtype, kernels=cfg.kernels, draft=draft)
     scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
 

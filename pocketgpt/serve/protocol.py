@@ -200,6 +200,8 @@ def parse_job(
             logprobs=logprobs,
             top_logprobs=top,
             stop=_stops(body),
+            speculative=limits.speculative,
+            draft_tokens=limits.draft_tokens,
         )
     except UserError as e:  # a combination SampleConfig refuses
         raise bad(str(e)) from None

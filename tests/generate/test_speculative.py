@@ -297,3 +297,57 @@ def test_cli_refuses_a_draft_with_another_tokenizer(run_cli, ckpts):
     one_line_error(run_cli(*base, "--speculative", "draft"), "--draft")
     one_line_error(run_cli(*base, "--speculative", "ngram", "--draft", ckpts / "small"), "drop one")
     one_line_error(run_cli(*base, "--speculative", "ngram", "--beams", "2"), "beam search")
+
+
+# --- the scheduler: speculative requests beside ordinary ones ---------------------------------------------------
+def drain(sched, handles):
+    while any(h.finish_reason is None for h in handles):
+        sched.step()
+    return [h.result() for h in handles]
+
+
+@pytest.mark.parametrize("mode", ["ngram", "draft"])
+def test_scheduler_speculative_rows_equal_the_engine(engine, mode):
+    """Greedy speculative requests in the scheduler give plain greedy's tokens, alone and beside plain rows; seeded
+    sampled ones repeat the engine's speculative output whatever else runs (each has its own cache)."""
+    from pocketgpt.generate.scheduler import Scheduler
+
+    sched = Scheduler(engine, max_batch=4)
+    vary = dict(frequency_penalty=2.0, presence_penalty=2.0)  # this model's greedy text would repeat one token
+    greedy = SampleConfig(max_new_tokens=30, temperature=0, speculative=mode, draft_tokens=3, **vary)
+    plain = SampleConfig(max_new_tokens=30, temperature=0, **vary)
+    sampled = SampleConfig(max_new_tokens=25, temperature=2.0, seed=5, speculative=mode)
+    want = {k: engine.generate([p], plain)[0][0].tokens for k, p in PROMPTS.items()}
+    want_sampled = engine.generate([PROMPTS["random"]], sampled)[0][0].tokens
+
+    (alone,) = drain(sched, [sched.submit(PROMPTS["repeats"], greedy)])
+    assert alone.tokens == want["repeats"] and alone.finish_reason == "length"
+    handles = [sched.submit(p, greedy if i % 2 else plain) for i, p in enumerate(PROMPTS.values())]
+    handles.append(sched.submit(PROMPTS["random"], sampled))  # waits for a free row (max_batch 4)
+    out = drain(sched, handles)
+    assert [c.tokens for c in out[:4]] == list(want.values())
+    assert all(len(set(c.tokens)) > 5 for c in out[:4])
+    assert out[4].tokens == want_sampled
+    assert sched.spec_stats.drafted > 0 and sched.stats()["running"] == 0
+
+
+def test_scheduler_speculative_stops_cancels_and_logprobs(engine):
+    from pocketgpt.generate.scheduler import Scheduler
+
+    sched = Scheduler(engine, max_batch=2)
+    sc = SampleConfig(max_new_tokens=30, speculative="ngram", logprobs=True, top_logprobs=2, temperature=3.0, seed=7)
+    ref = engine.generate([PROMPTS["random"]], sc)[0][0]  # seeded: the scheduler must give these very tokens
+    first = next(i for i in range(1, 30) if ref.tokens[i] not in ref.tokens[:i])  # a token new at position i >= 1
+    stop_at = ref.tokens[first]
+    h = sched.submit(PROMPTS["random"], sc, stop_ids=[stop_at])
+    (c,) = drain(sched, [h])
+    assert c.tokens == ref.tokens[: ref.tokens.index(stop_at)] and c.finish_reason == "stop"
+    assert c.logprobs == pytest.approx(ref.logprobs[: len(c.tokens)])
+    h = sched.submit(PROMPTS["random"], SampleConfig(max_new_tokens=30, speculative="ngram"))
+    sched.step()
+    sched.step()
+    h.cancel()
+    (c,) = drain(sched, [h])
+    assert h.finish_reason == "cancelled" and len(c.tokens) < 30
+    h = sched.submit(PROMPTS["random"], sc, should_stop=lambda j, toks: len(toks) == 4)
+    assert drain(sched, [h])[0].tokens == ref.tokens[:4]

@@ -204,3 +204,28 @@ def test_concurrent_streams_share_decode_forwards_and_each_equals_its_alone_resu
     for i, body in enumerate(bodies):  # each alone, same seed: the same text
         alone = c.completions.create(**{k: v for k, v in body.items() if k != "stream"})
         assert alone.choices[0].text == texts[i] and alone.usage.completion_tokens == 400
+
+
+def test_speculative_server_gives_the_same_greedy_text(chat_ckpt, reference, tmp_path):
+    """`serve --speculative ngram` (and draft, with the model drafting for itself): greedy completions and chat
+    answers equal the model's plain greedy output, streamed or not; a bad pairing of the options is refused."""
+    from serve_helpers import make_app, running
+
+    from pocketgpt.errors import UserError
+
+    chat, complete, _ = reference
+    for kw in (dict(speculative="ngram"), dict(speculative="draft", draft=str(chat_ckpt), draft_tokens=3)):
+        app = make_app(chat_ckpt, **kw)
+        with running(app) as url:
+            c = client(url)
+            r = c.completions.create(model=MODEL, prompt="The model reads", max_tokens=16, temperature=0)
+            assert r.choices[0].text == complete("The model reads", 16).text
+            streamed = c.completions.create(
+                model=MODEL, prompt="The model reads", max_tokens=16, temperature=0, stream=True
+            )
+            assert "".join(ch.choices[0].text for ch in streamed) == r.choices[0].text
+            a = c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0)
+            assert a.choices[0].message.content == chat(MESSAGES, 12).text
+        assert app.state.served.scheduler.spec_stats.drafted > 0
+    with pytest.raises(UserError, match="go together"):
+        make_app(chat_ckpt, speculative="draft")
