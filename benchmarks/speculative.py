@@ -8,7 +8,8 @@ bf16 autocast where native, cached in --cache): a target (4 x 256) and a draft (
 - open: prompt = the paragraph's first 60 characters (no <|endoftext|>, like the plain windows); the answer is the
   model's own continuation.
 Greedy, float32, at most --new-tokens per prompt (<|endoftext|> ends one), the median over --prompts prompts of
-each mode's tokens/s; speculative output is checked equal to plain greedy's, token for token.
+each mode's tokens/s; speculative output is checked equal to plain greedy's, token for token. Each speculative
+mode runs twice: on the engine, and as a request through the continuous-batching scheduler that `serve` uses.
 
     python benchmarks/speculative.py [--steps 1500] [--prompts 8] [--new-tokens 150] [--k 4] [--threads 2]
 """
@@ -120,6 +121,16 @@ def run(engine, prompt: list[int], sc: SampleConfig, stop: int) -> tuple[list[in
     return tokens, len(tokens) / (time.perf_counter() - t)
 
 
+def run_scheduled(sched, prompt: list[int], sc: SampleConfig, stop: int) -> tuple[list[int], float]:
+    """The same request through the continuous-batching scheduler (what `pocketgpt serve` runs), stepped here."""
+    t = time.perf_counter()
+    h = sched.submit(prompt, sc, [stop])
+    while h.finish_reason is None:
+        sched.step()
+    tokens = h.result().tokens
+    return tokens, len(tokens) / (time.perf_counter() - t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=1500, help="training steps of each model (cached in --cache)")
@@ -141,6 +152,9 @@ def main() -> None:
         f"char vocabulary {tok.n_vocab}, context {BLOCK}, k={args.k}, {args.new_tokens} new tokens"
     )
     engine = Engine(target, draft=draft, kernels=args.kernels)
+    from pocketgpt.generate.scheduler import Scheduler
+
+    sched = Scheduler(engine)
     paras = paragraphs(text[int(len(text) * 0.9) :], random.Random(1234), args.prompts)  # held out
     tasks = {
         "copy": [[tok.eot_id] + tok.encode(p + "\nRepeat:\n" + p[:12]) for p in paras],
@@ -180,6 +194,12 @@ def main() -> None:
             print(
                 f"| {task} | {mode} | {r:.1f} | **{r / base:.2f}x** | {acc:.1%} | {tokens / passes:.2f} | "
                 f"{'yes' if same else 'NO'} |"
+            )
+            runs = [run_scheduled(sched, p, sc, tok.eot_id) for p in prompts]
+            r = statistics.median(rate for _, rate in runs)
+            same = all(got == want for (got, _), (want, _) in zip(runs, plain))
+            print(
+                f"| {task} | {mode}, scheduler (serve) | {r:.1f} | **{r / base:.2f}x** | | | {'yes' if same else 'NO'} |"
             )
     for line in notes:
         print(line)

@@ -58,6 +58,16 @@ class Checkpoint:
     meta: dict[str, Any]  # everything in config.json besides the model config (step, extra)
 
 
+def prompt_bos(ckpt: Checkpoint) -> bool:
+    """Whether this checkpoint's prompts start with <|endoftext|>: what it records ("bos" in config.json), else
+    true for models pocketgpt trained (documents are separated by it, so text follows it) and false for checkpoints
+    converted from Hugging Face (GPT-2's tokenizer adds nothing, and transformers' generate() feeds the prompt
+    alone). `--bos / --no-bos` on the commands override it."""
+    if "bos" in ckpt.meta:
+        return bool(ckpt.meta["bos"])
+    return not str(ckpt.meta.get("converted_from", "")).startswith("huggingface")
+
+
 def _backup_name(name: str) -> str:
     """Where save_checkpoint parks an existing folder of the same name while it swaps the new one in."""
     return f".{name}.old"

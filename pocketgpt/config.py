@@ -397,9 +397,13 @@ class ServeConfig(RuntimeConfig):
     """a smaller checkpoint with the same tokenizer, for speculative=draft"""
     draft_tokens: int = 4
     """tokens drafted per model pass when speculative (1..16)"""
+    bos: bool | None = None
+    """start text prompts (and chats) with <|endoftext|>; unset: what the checkpoint records (yes for models
+    pocketgpt trained, no for checkpoints converted from Hugging Face)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(self.bos in (None, True, False), f"bos must be true, false or unset, got {self.bos!r}")
         _check(
             self.speculative in ("off", "ngram", "draft"),
             f"speculative must be off, ngram or draft, got {self.speculative!r}",

@@ -8,15 +8,23 @@ Not here: the chat template (tokenizer/chat.py), generation and stop handling (g
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from typing import Optional
 
-from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags, add_quantize_flag, dataclass_from
+from pocketgpt.cli.fields import (
+    add_bos_flag,
+    add_dataclass_flags,
+    add_kernel_flags,
+    add_quantize_flag,
+    dataclass_from,
+    resolve_bos,
+)
 from pocketgpt.cli.report import print_kernels
 from pocketgpt.config import RuntimeConfig, SampleConfig
 from pocketgpt.errors import UserError
-from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
+from pocketgpt.tokenizer.chat import answer_stops, chat_problem, render_for_completion, stop_token_ids
 
 SKIP = {
     "stop",
@@ -49,6 +57,7 @@ def add_chat_arguments(parser) -> None:
     add_dataclass_flags(parser, SampleConfig, dashes=True, skip=SKIP)
     add_dataclass_flags(parser, RuntimeConfig)
     add_kernel_flags(parser)
+    add_bos_flag(parser)
     add_quantize_flag(parser)
 
 
@@ -60,8 +69,9 @@ def _note(msg: str) -> None:
 class ChatSession:
     """The conversation so far, and how one user message becomes a streamed answer."""
 
-    def __init__(self, generator, sample: SampleConfig, system: str | None = None):
-        self.generator, self.sample, self.system = generator, sample, system
+    def __init__(self, generator, sample: SampleConfig, system: str | None = None, bos: bool = True):
+        self.generator, self.system, self.bos = generator, system, bos  # bos: the template's leading <|endoftext|>
+        self.sample = dataclasses.replace(sample, stop=answer_stops(sample.stop))  # role strings end an answer
         self.tokenizer = generator.tokenizer
         self.history: list[dict] = []  # user / assistant turns, oldest first
         self.stop_ids = stop_token_ids(self.tokenizer)
@@ -81,6 +91,7 @@ class ChatSession:
         dropped = 0
         while True:
             ids = render_for_completion(self.messages(user), self.tokenizer)
+            ids = ids if self.bos else ids[1:]
             if len(ids) <= self.budget or not self.history:
                 break
             del self.history[0]  # the oldest user message ...
@@ -187,7 +198,7 @@ def run_chat(ns) -> int:
     gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels)
     if ns.verbose:
         print_kernels(gen.engine, file=sys.stderr)
-    session = ChatSession(gen, sample, system=ns.system)
+    session = ChatSession(gen, sample, system=ns.system, bos=resolve_bos(ns, ckpt))
     if ns.prompt is not None:
         session.say(ns.prompt, sys.stdout)
         return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketgpt.cli.fields import dataclass_from, run_from_namespace
+from pocketgpt.cli.fields import dataclass_from, resolve_bos, run_from_namespace
 from pocketgpt.cli.report import print_kernels, print_speculation
 from pocketgpt.config import CorpusConfig, RuntimeConfig, SampleConfig, TokenizerConfig
 from pocketgpt.errors import UserError
@@ -122,7 +122,15 @@ def cmd_generate(ns) -> int:
         if not is_quantized(ckpt.model):
             quantize_model(ckpt.model)
     draft = _load_draft(ns, ckpt, device)
-    gen = TextGenerator(ckpt.model, ckpt.tokenizer, device=device, dtype=dtype, kernels=ns.kernels, draft=draft)
+    gen = TextGenerator(
+        ckpt.model,
+        ckpt.tokenizer,
+        device=device,
+        dtype=dtype,
+        kernels=ns.kernels,
+        draft=draft,
+        bos=resolve_bos(ns, ckpt),
+    )
     if ns.verbose:
         print_kernels(gen.engine, file=sys.stderr)
     if ns.stream:

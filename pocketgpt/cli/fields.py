@@ -78,6 +78,24 @@ def run_from_namespace(ns, cls: type):
     )
 
 
+def add_bos_flag(p: ArgumentParser) -> None:
+    from jsonargparse import ActionYesNo
+
+    p.add_argument(
+        "--bos",
+        action=ActionYesNo(no_prefix="no-"),
+        default=None,
+        help="--bos / --no-bos: start the prompt with <|endoftext|> or not; default: what the checkpoint records "
+        "(yes for models pocketgpt trained, no for checkpoints converted from Hugging Face)",
+    )
+
+
+def resolve_bos(ns, ckpt) -> bool:
+    from pocketgpt.checkpoint import prompt_bos
+
+    return prompt_bos(ckpt) if getattr(ns, "bos", None) is None else bool(ns.bos)
+
+
 def add_kernel_flags(p: ArgumentParser) -> None:
     p.add_argument(
         "--kernels",

@@ -16,7 +16,7 @@ from typing import Optional
 import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from pocketgpt.cli.fields import add_dataclass_flags, add_kernel_flags, add_quantize_flag
+from pocketgpt.cli.fields import add_bos_flag, add_dataclass_flags, add_kernel_flags, add_quantize_flag
 from pocketgpt.config import (
     CorpusConfig,
     FinetuneRun,
@@ -181,6 +181,7 @@ def build_parser(argv: list[str]) -> ArgumentParser:
         help="checkpoint of a smaller model with the same tokenizer that drafts tokens (implies --speculative draft)",
     )
     add_kernel_flags(ge)
+    add_bos_flag(ge)
     add_quantize_flag(ge)
     add_dataclass_flags(ge, RuntimeConfig)
     sub.add_subcommand("generate", ge, help="generate text from a checkpoint")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from pocketgpt.config import SampleConfig
+from pocketgpt.errors import UserError
 from pocketgpt.generate.completion import Completion, crop_prompt
 from pocketgpt.generate.engine import Engine
 
@@ -65,14 +66,20 @@ class TextGenerator:
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
         draft=None,
+        bos: bool = True,
     ):
-        """`draft`: a smaller model with the same tokenizer, for `SampleConfig(speculative="draft")`."""
+        """`draft`: a smaller model with the same tokenizer, for `SampleConfig(speculative="draft")`. `bos`: prompts
+        start with <|endoftext|> (checkpoint.prompt_bos(ckpt) says what a checkpoint expects)."""
         self.engine = Engine(model, device=device, dtype=dtype, kernels=kernels, draft=draft)
         self.tokenizer = tokenizer
+        self.bos = bos
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """<|endoftext|> + the prompt's ids, cropped to the context (keeping the end) with a warning."""
-        return self._fit([self.tokenizer.eot_id] + self.tokenizer.encode(prompt))
+        """[<|endoftext|>, if bos] + the prompt's ids, cropped to the context (keeping the end) with a warning."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids and not self.bos:
+            raise UserError("the prompt is empty and --no-bos leaves nothing to start from: give a prompt")
+        return self._fit(([self.tokenizer.eot_id] if self.bos else []) + ids)
 
     def _fit(self, ids: list[int]) -> list[int]:
         context, cropped = crop_prompt(list(ids), self.engine.cfg.block_size)

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pocketgpt.checkpoint import load_checkpoint, require_float, write_checkpoint_files
+from pocketgpt.checkpoint import load_checkpoint, prompt_bos, require_float, write_checkpoint_files
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import UserError
 from pocketgpt.fileio import atomic_dir
@@ -401,11 +401,24 @@ def _check_out(out: str | Path) -> Path:
     return out
 
 
+def _prompt_bos(folder: Path, hf_config: dict) -> bool:
+    """Whether the converted model's prompts start with <|endoftext|>: what pocketgpt recorded when it exported
+    the folder (config.json's pocketgpt_prompt_bos), else what the tokenizer says (add_bos_token; GPT-2: false)."""
+    if isinstance(hf_config.get("pocketgpt_prompt_bos"), bool):
+        return hf_config["pocketgpt_prompt_bos"]
+    try:
+        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(tc, dict) and tc.get("add_bos_token") is True
+
+
 def convert_from_hf(source: str | Path, out: str | Path) -> Path:
     """A Hugging Face GPT-2 folder or Hub id -> a pocketgpt checkpoint folder at `out` (returned)."""
     out = _check_out(out)
     folder = resolve_source(source)
-    cfg = config_from_hf(read_hf_config(folder))
+    hf_config = read_hf_config(folder)
+    cfg = config_from_hf(hf_config)
     state = from_hf_state_dict(read_hf_weights(folder), cfg)
     tokenizer = load_hf_tokenizer(folder)
     if tokenizer.n_vocab > cfg.vocab_size:
@@ -415,7 +428,12 @@ def convert_from_hf(source: str | Path, out: str | Path) -> Path:
     model = GPT(cfg)
     model.load_state_dict(state)  # copies into float32 parameters
     with atomic_dir(out) as tmp:
-        write_checkpoint_files(tmp, model.eval(), tokenizer, extra={"converted_from": f"huggingface-gpt2:{source}"})
+        write_checkpoint_files(
+            tmp,
+            model.eval(),
+            tokenizer,
+            extra={"converted_from": f"huggingface-gpt2:{source}", "bos": _prompt_bos(folder, hf_config)},
+        )
     return out
 
 
@@ -426,6 +444,7 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
     require_float(ckpt, "export to Hugging Face")
     cfg, tokenizer = ckpt.model.config, ckpt.tokenizer
     hf_config = config_to_hf(cfg, eot_id=tokenizer.eot_id)
+    hf_config["pocketgpt_prompt_bos"] = prompt_bos(ckpt)  # transformers keeps unknown keys; convert --from-hf reads it
     check_exportable(tokenizer)
     state = to_hf_state_dict(ckpt.model.float(), lm_head=False)  # HF re-ties lm_head to wte on load
     with atomic_dir(out) as tmp:

@@ -2,8 +2,9 @@
 
 `create_app(checkpoint, config)` builds the app around one continuous-batching Scheduler (generate/scheduler.py);
 `serve(checkpoint, config)` runs it with uvicorn. Both take a `ServeConfig` (pocketgpt/config.py: address, key,
-limits, precision) and keyword overrides of its fields. Routes: GET /health, GET /v1/models, POST /v1/completions,
-POST /v1/chat/completions, and the chat page: GET / and GET /static/{chat.js,chat.css} (fixed files shipped in
+limits, precision) and keyword overrides of its fields. Routes: GET /health, GET /metrics (Prometheus, metrics.py),
+GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /v1/embeddings, POST /tokenize and
+/detokenize (llama-server's shapes; extras.py checks their bodies), and the chat page: GET / and GET /static/{chat.js,chat.css} (fixed files shipped in
 serve/static/, open without the key; the page sends the key it is given to the /v1 routes). Each request is parsed
 (protocol.py), submitted to the scheduler, and its tokens formatted (output.py); nothing here does math, and no
 endpoint reads or writes a file a request names.
@@ -28,13 +29,20 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from pocketgpt.checkpoint import Checkpoint, load_checkpoint
+from pocketgpt.checkpoint import Checkpoint, load_checkpoint, prompt_bos
 from pocketgpt.config import ServeConfig
 from pocketgpt.generate.engine import Engine
 from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed
 from pocketgpt.model.quant import is_quantized, quantize_model
+from pocketgpt.serve import extras
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
+
+try:
+    from pocketgpt.serve.metrics import CONTENT_TYPE as METRICS_TYPE
+    from pocketgpt.serve.metrics import Metrics
+except ImportError:  # prometheus-client missing: /metrics says how to get it
+    Metrics, METRICS_TYPE = None, ""
 
 DRAIN_BYTES = 16 << 20  # an oversized body is read (and dropped) up to this, so the client sees the 413
 STATIC = Path(__file__).with_name("static")
@@ -114,6 +122,9 @@ def create_app(
     engine = Engine(ckpt.model, device=dev, dtype=dtype, kernels=cfg.kernels, draft=draft)
     scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
+    served.model = engine.model
+    served.bos = prompt_bos(ckpt) if cfg.bos is None else cfg.bos
+    served.metrics = Metrics(scheduler) if Metrics is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -125,9 +136,52 @@ def create_app(
     app.state.served = served
     _install_error_handlers(app)
 
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        if served.metrics is not None:
+            route = request.scope.get("route")
+            served.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": served.name, **scheduler.stats()}
+
+    @app.get("/metrics")
+    async def metrics():
+        if served.metrics is None:
+            raise APIError(404, "/metrics needs prometheus-client: pip install 'pocketgpt[serve]'")
+        return Response(served.metrics.render(), media_type=METRICS_TYPE)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        served.check_key(request)
+        body = await read_json(request, served.limits.max_body_bytes)
+        text, special = extras.tokenize_request(body)
+        return {"tokens": served.tokenizer.encode(text, allowed_special="all" if special else frozenset())}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        served.check_key(request)
+        body = await read_json(request, served.limits.max_body_bytes)
+        return {"content": served.tokenizer.decode(extras.token_list(body, "tokens", served.tokenizer.n_vocab))}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict:
+        served.check_key(request)
+        body = await read_json(request, served.limits.max_body_bytes)
+        name = body.get("model") if isinstance(body, dict) else None
+        if isinstance(name, str) and name != served.name:
+            raise _unknown_model(name, served.name)
+        inputs, fmt = extras.embedding_request(body, served.tokenizer, served.block_size)
+        vectors = await asyncio.to_thread(extras.embed, served.model, inputs)
+        data = [
+            {"object": "embedding", "index": i, "embedding": extras.encode_vector(v, fmt)}
+            for i, v in enumerate(vectors)
+        ]
+        n = sum(len(x) for x in inputs)
+        return {"object": "list", "data": data, "model": served.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -239,8 +293,14 @@ async def _complete(request: Request, served: Served, *, chat: bool):
     name = body.get("model") if isinstance(body, dict) else None
     if isinstance(name, str) and name != served.name:
         raise _unknown_model(name, served.name)
-    job = parse_job(body, served.tokenizer, served.block_size, served.limits, chat=chat, template=served.template)
+    job = parse_job(
+        body, served.tokenizer, served.block_size, served.limits, chat=chat, template=served.template, bos=served.bos
+    )
     handles = _submit(job, served)
+    if served.metrics is not None:
+        served.metrics.prompt_tokens.inc(sum(len(p) for p in job.prompts))
+        for h in handles:
+            h.timer = served.metrics.timer()
     reply = Reply(chat, served.name)
     if job.stream:  # the background task frees the rows of a client that left before the body started
         return StreamingResponse(
@@ -283,8 +343,11 @@ async def merged(handles: list[RequestHandle]):
     q: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, h: RequestHandle) -> None:
+        timer = getattr(h, "timer", None)
         try:
             async for t in h:
+                if timer is not None:
+                    timer.token()
                 q.put_nowait((i, t))
             q.put_nowait((i, None))
         except Exception as e:  # the scheduler failed this sequence

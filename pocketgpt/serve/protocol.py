@@ -14,7 +14,7 @@ from typing import Any
 
 from pocketgpt.config import SampleConfig, ServeConfig
 from pocketgpt.errors import UserError
-from pocketgpt.tokenizer.chat import chat_problem, render_for_completion, stop_token_ids
+from pocketgpt.tokenizer.chat import answer_stops, chat_problem, render_for_completion, stop_token_ids
 
 ServeLimits = ServeConfig  # the old name of the server's settings, kept for callers that import it from here
 
@@ -128,7 +128,14 @@ def _flag(body: dict, name: str) -> bool:
 
 
 def parse_job(
-    body: Any, tokenizer, block_size: int, limits: ServeConfig, *, chat: bool, template: str | None = None
+    body: Any,
+    tokenizer,
+    block_size: int,
+    limits: ServeConfig,
+    *,
+    chat: bool,
+    template: str | None = None,
+    bos: bool = True,
 ) -> Job:
     """Check a request body and turn it into a Job; APIError (400) names the first bad parameter."""
     if not isinstance(body, dict):
@@ -140,7 +147,9 @@ def parse_job(
         if body.get(k) is not None and not isinstance(body[k], str):
             raise bad(f"{k} must be a string", k)
     max_prompt = min(limits.max_prompt_tokens or block_size - 1, block_size - 1)
-    prompts = _chat_prompt(body, tokenizer, template) if chat else _text_prompts(body, tokenizer)
+    prompts = _chat_prompt(body, tokenizer, template) if chat else _text_prompts(body, tokenizer, bos)
+    if chat and not bos:
+        prompts = [p[1:] for p in prompts]  # the template's leading <|endoftext|>
     for ids in prompts:
         if len(ids) > max_prompt:
             raise bad(
@@ -199,7 +208,7 @@ def parse_job(
             num_samples=n,
             logprobs=logprobs,
             top_logprobs=top,
-            stop=_stops(body),
+            stop=answer_stops(_stops(body)) if chat else _stops(body),
             speculative=limits.speculative,
             draft_tokens=limits.draft_tokens,
         )
@@ -241,14 +250,23 @@ def _chat_prompt(body: dict, tokenizer, template: str | None) -> list[list[int]]
         raise bad(str(e), "messages") from None
 
 
-def _text_prompts(body: dict, tokenizer) -> list[list[int]]:
-    """A string, a list of strings, a list of ids, or a list of id lists; strings are framed after <|endoftext|>."""
+def _text_prompts(body: dict, tokenizer, bos: bool = True) -> list[list[int]]:
+    """A string, a list of strings, a list of ids, or a list of id lists; strings follow <|endoftext|> when `bos`
+    (token ids are taken as given)."""
     p = body.get("prompt")
+    head = [tokenizer.eot_id] if bos else []
+
+    def text(x: str) -> list[int]:
+        ids = head + tokenizer.encode(x)
+        if not ids:
+            raise bad("the prompt is empty, and this model's prompts do not start with <|endoftext|>", "prompt")
+        return ids
+
     if isinstance(p, str):
-        return [[tokenizer.eot_id] + tokenizer.encode(p)]
+        return [text(p)]
     if isinstance(p, list) and p:
         if all(isinstance(x, str) for x in p):
-            return [[tokenizer.eot_id] + tokenizer.encode(x) for x in p]
+            return [text(x) for x in p]
         if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
             return [_ids(p, tokenizer.n_vocab)]
         if all(isinstance(x, list) and x for x in p):

@@ -103,6 +103,16 @@ def render_for_completion(messages, tokenizer) -> list[int]:
     return ids + [tokenizer.special_tokens[ASSISTANT]]
 
 
+ROLE_STRINGS: tuple[str, ...] = (EOT, SYSTEM, USER, ASSISTANT, END)
+
+
+def answer_stops(stop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Stop strings for an answer: the caller's, and the special strings spelled out as ordinary text. A model can
+    write "<|system|>" from the pieces "<", "|", "system", ... instead of the special id, which the stop ids
+    would catch; the answer must end there too, and never show it."""
+    return tuple(dict.fromkeys((*stop, *ROLE_STRINGS)))
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """Ids that end an answer: <|end|> (the template's), <|endoftext|> (a base model's habit), and any role token
     (a model that starts a new turn has finished its own)."""

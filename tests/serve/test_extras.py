@@ -1,0 +1,112 @@
+"""/tokenize, /detokenize, /v1/embeddings and /metrics; chat answers end at role strings spelled as text."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from serve_helpers import MODEL, chat_ckpt, client, server  # noqa: F401  (fixtures)
+
+from pocketgpt.checkpoint import load_checkpoint
+from pocketgpt.config import ServeConfig
+from pocketgpt.serve.protocol import parse_job
+from pocketgpt.tokenizer.chat import ROLE_STRINGS
+
+
+def test_tokenize_and_detokenize_round_trip(server, chat_ckpt):
+    url, _ = server
+    tok = load_checkpoint(chat_ckpt).tokenizer
+    text = "The model reads <|endoftext|> tokens, 中文 🙂"
+    r = httpx.post(url + "/tokenize", json={"content": text})
+    assert r.status_code == 200 and r.json()["tokens"] == tok.encode(text)  # special strings stay text
+    special = httpx.post(url + "/tokenize", json={"content": text, "add_special": True}).json()["tokens"]
+    assert tok.eot_id in special and tok.eot_id not in r.json()["tokens"]
+    back = httpx.post(url + "/detokenize", json={"tokens": r.json()["tokens"]})
+    assert back.status_code == 200 and back.json() == {"content": text}
+    for path, body, field in [
+        ("/tokenize", {"text": "x"}, "content"),
+        ("/tokenize", {"content": "x", "add_special": "yes"}, "add_special"),
+        ("/detokenize", {"tokens": [1, "2"]}, "tokens"),
+        ("/detokenize", {"tokens": [10**6]}, "tokens"),
+    ]:
+        bad = httpx.post(url + path, json=body)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field
+
+
+def test_embeddings_are_mean_pooled_hidden_states(server, chat_ckpt):
+    url, _ = server
+    ck = load_checkpoint(chat_ckpt)
+    c = client(url)
+    texts = ["The model reads", "A residual stream carries information"]
+    r = c.embeddings.create(model=MODEL, input=texts)
+    assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens == sum(
+        len(ck.tokenizer.encode(t)) for t in texts
+    )
+    with torch.no_grad():
+        want = ck.model.eval().hidden(torch.tensor([ck.tokenizer.encode(texts[1])]))[0].mean(0).numpy()
+    np.testing.assert_allclose(np.array(r.data[1].embedding), want, atol=1e-5)
+    b64 = c.embeddings.create(model=MODEL, input=texts[1], encoding_format="base64")  # asked for: left encoded
+    got = np.frombuffer(base64.b64decode(b64.data[0].embedding), dtype="<f4")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    ids = c.embeddings.create(model=MODEL, input=[ck.tokenizer.encode(texts[1])])
+    np.testing.assert_allclose(np.array(ids.data[0].embedding), want, atol=1e-5)
+    for body, field in [
+        ({"input": []}, "input"),
+        ({"input": "x", "dimensions": 8}, "dimensions"),
+        ({"input": [[1, 2], "x", 3]}, "input"),
+        ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
+    ]:
+        bad = httpx.post(url + "/v1/embeddings", json=body)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field
+    assert httpx.post(url + "/v1/embeddings", json={"input": "x", "model": "other"}).status_code == 404
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_metrics_count_requests_tokens_and_latencies(server):
+    url, _ = server
+    before = httpx.get(url + "/metrics")
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    c = client(url)
+    r = c.completions.create(model=MODEL, prompt="The model reads", max_tokens=7, temperature=0)
+    httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": -1})  # a 400
+    after = httpx.get(url + "/metrics").text
+    b = before.text
+    assert metric(after, "pocketgpt_completion_tokens_total") - metric(b, "pocketgpt_completion_tokens_total") == 7
+    assert metric(after, "pocketgpt_prompt_tokens_total") - metric(b, "pocketgpt_prompt_tokens_total") == (
+        r.usage.prompt_tokens
+    )
+    assert 'pocketgpt_requests_total{route="/v1/completions",status="400"}' in after
+    assert 'pocketgpt_requests_total{route="/v1/completions",status="200"}' in after
+    assert metric(after, "pocketgpt_time_to_first_token_seconds_count") >= 1
+    assert (
+        metric(after, "pocketgpt_inter_token_latency_seconds_count")
+        - metric(b, "pocketgpt_inter_token_latency_seconds_count")
+        == 6
+    )
+    for name in ("pocketgpt_queue_depth", "pocketgpt_running_rows", "pocketgpt_kv_cache_bytes"):
+        assert f"\n{name} " in after
+
+
+def test_chat_answers_stop_at_role_strings_spelled_as_text(chat_ckpt):
+    """A model can spell "<|system|>" from ordinary pieces; the answer must end there (never show it)."""
+    tok = load_checkpoint(chat_ckpt).tokenizer
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": ["bye"]}
+    job = parse_job(body, tok, 64, ServeConfig(), chat=True, template=None)
+    assert job.sample.stop == ("bye", *ROLE_STRINGS)
+    plain = parse_job({"model": MODEL, "prompt": "hi"}, tok, 64, ServeConfig(), chat=False)
+    assert plain.sample.stop == ()  # completions are raw text: the caller decides
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/detokenize", "/v1/embeddings"])
+def test_the_new_routes_need_the_key_when_there_is_one(chat_ckpt, path):
+    from serve_helpers import make_app, running
+
+    with running(make_app(chat_ckpt, api_key="k")) as url:
+        assert httpx.post(url + path, json={}).status_code == 401
+        assert httpx.get(url + "/metrics").status_code == 200  # open, like /health
