@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed
-	$(PIP) -e ".[dev,hf,serve,recipes,browser,export]"
+	$(PIP) -e ".[dev,hf,serve,recipes,browser,export,eval]"
 	touch $@
 
 $(CHROMIUM):

@@ -24,7 +24,8 @@ LAYERS: list[set[str]] = [
     {"tokenizer", "model"},  # tokenizer: no torch; model: torch + config + errors only (see ONLY below)
     {"data", "evaluate", "checkpoint"},
     {"generate", "interop"},
-    {"train", "explain", "quantize"},  # quantize: checkpoint + evaluate + data + generate (the int8 run dtype)
+    {"train", "explain", "quantize", "harness"},  # quantize: checkpoint + evaluate + data + generate (int8 dtype);
+    # harness: lm-evaluation-harness over checkpoint + evaluate + generate
     {"finetune"},
     {"serve"},  # leaves: nothing imports serve but cli, and nothing imports cli
     {"cli"},

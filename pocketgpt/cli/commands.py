@@ -185,7 +185,13 @@ def cmd_eval(ns) -> int:
 
     if ns.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {ns.batch_size}")
+    if (ns.data is None) == (ns.tasks is None):
+        raise UserError("give --data FILE (loss, perplexity, bits per byte) or --tasks NAMES (lm-evaluation-harness)")
+    if ns.tasks is None and (ns.include_path or ns.limit is not None or ns.num_fewshot is not None):
+        raise UserError("--include-path, --limit and --num-fewshot go with --tasks")
     ckpt, device, _ = _load(ns)
+    if ns.tasks is not None:
+        return _eval_tasks(ns, ckpt)
     from pocketgpt.generate.int8_kernels import choose_int8, int8_activation_dtype
     from pocketgpt.model.quant import is_quantized
 
@@ -193,7 +199,10 @@ def cmd_eval(ns) -> int:
         ckpt.model.to(int8_activation_dtype(device))
         choose_int8(ckpt.model)
     tok = ckpt.tokenizer
-    tokens = np.concatenate(list(encode_documents(iter_documents(ns.data), tok)))
+    docs = list(encode_documents(iter_documents(ns.data), tok))  # each document after <|endoftext|>
+    if not resolve_bos(ns, ckpt):
+        docs = [d[1:] for d in docs]
+    tokens = np.concatenate(docs)
     if len(tokens) < 2:
         raise UserError(f"{ns.data} holds too little text to evaluate")
     r = evaluate_tokens(ckpt.model, tokens, tok.token_byte_lengths(), batch_size=ns.batch_size, device=device)
@@ -204,6 +213,31 @@ def cmd_eval(ns) -> int:
             f"over {r['tokens']:,} tokens ({r['bytes']:,} bytes)"
         )
     print(json.dumps(r))
+    return 0
+
+
+def _eval_tasks(ns, ckpt) -> int:
+    from pocketgpt.harness import run_tasks
+
+    tasks = [t.strip() for t in ns.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise UserError("--tasks is empty: name at least one lm-eval task")
+    if ns.limit is not None and ns.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {ns.limit}")
+    r = run_tasks(
+        ckpt,
+        tasks,
+        include_path=ns.include_path,
+        limit=ns.limit,
+        num_fewshot=ns.num_fewshot,
+        bos=ns.bos,
+        batch_size=ns.batch_size,
+    )
+    if not ns.json:
+        for task, metrics in r["results"].items():
+            shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            print(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(json.dumps({"checkpoint": str(ckpt.path), "tasks": tasks, **r}, default=str))
     return 0
 
 

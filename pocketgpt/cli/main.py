@@ -201,7 +201,32 @@ def build_parser(argv: list[str]) -> ArgumentParser:
         exit_on_error=False, description="Loss, perplexity and bits per byte of a checkpoint on a text."
     )
     ev.add_argument("checkpoint", help="checkpoint or run folder")
-    ev.add_argument("--data", type=str, required=True, help="text to evaluate on (file, folder, glob, .jsonl)")
+    ev.add_argument("--data", type=Optional[str], default=None, help="text to evaluate on (file, folder, glob, .jsonl)")
+    ev.add_argument(
+        "--tasks",
+        type=Optional[str],
+        default=None,
+        help="lm-evaluation-harness tasks instead of --data, comma-separated (e.g. hellaswag,arc_easy,piqa; needs "
+        "the lm-eval package: pip install 'pocketgpt[eval]')",
+    )
+    ev.add_argument(
+        "--include-path",
+        "--include_path",
+        dest="include_path",
+        type=Optional[str],
+        default=None,
+        help="with --tasks: a folder of lm-eval task YAML files to add to its registry",
+    )
+    ev.add_argument("--limit", type=Optional[int], default=None, help="with --tasks: at most this many examples each")
+    ev.add_argument(
+        "--num-fewshot",
+        "--num_fewshot",
+        dest="num_fewshot",
+        type=Optional[int],
+        default=None,
+        help="with --tasks: few-shot examples (default: each task's own)",
+    )
+    add_bos_flag(ev)
     ev.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16, help="windows per forward")
     ev.add_argument("--json", action="store_true", help="print only the JSON line")
     add_dataclass_flags(ev, RuntimeConfig, skip={"dtype"})  # evaluates in float32

@@ -32,10 +32,10 @@ from starlette.requests import ClientDisconnect
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint, prompt_bos
 from pocketgpt.config import ServeConfig
 from pocketgpt.generate.engine import Engine
-from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed
+from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed, Token
 from pocketgpt.model.quant import is_quantized, quantize_model
 from pocketgpt.serve import extras
-from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, usage
+from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, text_logprobs, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 
 try:
@@ -413,8 +413,36 @@ async def _collect(job: Job, handles: list[RequestHandle], reply: Reply, served:
         }
         for i, (t, h) in enumerate(zip(texts, handles))
     ]
+    if job.echo:
+        await _echo(job, choices, served)
     used = usage(sum(len(p) for p in job.prompts), sum(h.completion_tokens for h in handles))
     return JSONResponse(reply.full(choices, used))
+
+
+async def _echo(job: Job, choices: list[dict], served: Served) -> None:
+    """echo=true: each choice's text and log-probabilities start with its prompt's (what lm-evaluation-harness
+    reads to score likelihoods). Tokens the server put before a text prompt (<|endoftext|>) condition the first
+    echoed token but are not echoed."""
+    tok, n = served.tokenizer, job.sample.num_samples
+    echoed = {}
+    for p in range(len(job.prompts)):
+        ids = job.prompts[p]
+        scored = await asyncio.to_thread(extras.prompt_logprobs, served.model, ids, job.logprobs or 0)
+        toks = [Token(t, lp, top) for t, (lp, top) in zip(ids, scored)][job.echo_skip :]
+        text = ChoiceText(tok, ())
+        for t in toks:
+            text.feed(t)
+        text.flush()
+        echoed[p] = (text, toks)
+    for c in choices:
+        text, toks = echoed[c["index"] // n]
+        if c["logprobs"] is not None:
+            head = text_logprobs(tok, toks, text.starts, bytes(text.buf))
+            shift = len(text.text)
+            for key in ("tokens", "token_logprobs", "top_logprobs"):
+                c["logprobs"][key] = head[key] + c["logprobs"][key]
+            c["logprobs"]["text_offset"] = head["text_offset"] + [o + shift for o in c["logprobs"]["text_offset"]]
+        c["text"] = text.text + c["text"]
 
 
 async def _stream(job: Job, handles: list[RequestHandle], reply: Reply, served: Served):

@@ -93,6 +93,25 @@ def embed(model, inputs: list[list[int]]) -> list[np.ndarray]:
     return vectors
 
 
+@torch.inference_mode()
+def prompt_logprobs(model, ids: list[int], k: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+    """For each prompt token, its log-probability given the tokens before it and the k likeliest alternatives
+    there (the first token has none: nothing comes before it). One forward over the prompt, float32 softmax."""
+    device = next(model.parameters()).device
+    logits, _ = model(torch.tensor([ids], dtype=torch.long, device=device))
+    logp = torch.log_softmax(logits[0].float(), dim=-1).cpu()  # (T, V): row t predicts token t + 1
+    nxt = torch.tensor(ids[1:], dtype=torch.long)
+    picked = logp[:-1].gather(1, nxt[:, None])[:, 0].tolist()
+    out: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
+    if k:
+        vals, idx = logp[:-1].topk(k, dim=-1)
+        tops = [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, vals)]
+    else:
+        tops = [[] for _ in picked]
+    out += list(zip(picked, tops))
+    return out
+
+
 def encode_vector(v: np.ndarray, fmt: str):
     if fmt == "base64":  # what the openai client decodes: little-endian float32
         return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")

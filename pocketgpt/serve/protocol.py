@@ -69,6 +69,8 @@ class Job:
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # None: off; else the number of alternatives per token
+    echo: bool = False  # completions: the prompt's text (and its tokens' log-probabilities) come first
+    echo_skip: int = 0  # leading prompt tokens the server added (<|endoftext|>), not echoed
 
 
 COMMON = {
@@ -159,7 +161,8 @@ def parse_job(
                 "context_length_exceeded",
             )
     name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _integer(body, name, 1, None, limits.max_tokens)
+    echo = not chat and _flag(body, "echo")
+    max_tokens = _integer(body, name, 0 if echo else 1, None, limits.max_tokens)  # echo: 0 scores the prompt only
     if max_tokens > limits.max_tokens:
         raise bad(f"{name} is {max_tokens}, more than this server's limit of {limits.max_tokens}", name)
     n = _integer(body, "n", 1, limits.max_n, 1)
@@ -180,8 +183,8 @@ def parse_job(
     include_usage = _flag(options or {}, "include_usage")
     logprobs, top = _logprobs(body, chat)
     if not chat:
-        if _flag(body, "echo"):
-            raise bad("echo is not supported by this server", "echo")
+        if echo and stream:
+            raise bad("echo is supported without stream only", "echo")
         if body.get("suffix") is not None:
             raise bad("suffix is not supported by this server", "suffix")
         if body.get("best_of") not in (None, n):
@@ -215,7 +218,13 @@ def parse_job(
     except UserError as e:  # a combination SampleConfig refuses
         raise bad(str(e)) from None
     stop_ids = stop_token_ids(tokenizer) if chat else [tokenizer.eot_id]
-    return Job(chat, prompts, sample, stop_ids, stream, include_usage, top if logprobs else None)
+    skip = 1 if echo and bos and _text_given(body) else 0
+    return Job(chat, prompts, sample, stop_ids, stream, include_usage, top if logprobs else None, echo, skip)
+
+
+def _text_given(body: dict) -> bool:
+    p = body.get("prompt")
+    return isinstance(p, str) or (isinstance(p, list) and bool(p) and isinstance(p[0], str))
 
 
 def _chat_prompt(body: dict, tokenizer, template: str | None) -> list[list[int]]:

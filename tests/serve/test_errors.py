@@ -103,7 +103,8 @@ def test_malformed_requests_never_yield_a_5xx(server):
         for prompt in ([], [[]], [-1], [True], [1, "a"], {"a": 1}, None, 10**9):
             r = h.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
             assert_error(r, 400, "prompt")
-        assert_error(h.post("/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True}), 400, "echo")
+        echo_stream = {"model": MODEL, "prompt": "x", "echo": True, "stream": True}  # echo works without stream
+        assert_error(h.post("/v1/completions", json=echo_stream), 400, "echo")
         assert_error(h.get("/v1/chat/completions"), 405)
         assert_error(h.get("/v2/nothing"), 404)
         assert_error(h.get("/v1/models/other"), 404, "model")

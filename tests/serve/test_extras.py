@@ -110,3 +110,43 @@ def test_the_new_routes_need_the_key_when_there_is_one(chat_ckpt, path):
     with running(make_app(chat_ckpt, api_key="k")) as url:
         assert httpx.post(url + path, json={}).status_code == 401
         assert httpx.get(url + "/metrics").status_code == 200  # open, like /health
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_eval_does(server, chat_ckpt, tmp_path, run_cli):
+    """lm-evaluation-harness scores likelihoods with echo=true, logprobs, max_tokens=0: the echoed prompt's
+    log-probabilities must add up to `pocketgpt eval`'s loss on the same text."""
+    import json
+
+    url, _ = server
+    tok = load_checkpoint(chat_ckpt).tokenizer
+    text = "The model reads tokens and the residual stream carries information."
+    r = httpx.post(
+        url + "/v1/completions",
+        json={"model": MODEL, "prompt": text, "max_tokens": 0, "echo": True, "logprobs": 2, "temperature": 0},
+    )
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["text"] == text and "".join(lp["tokens"]) == text
+    assert len(lp["token_logprobs"]) == len(tok.encode(text)) and None not in lp["token_logprobs"]
+    assert all(len(t) == 2 for t in lp["top_logprobs"])
+    assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
+    (tmp_path / "t.txt").write_text(text)
+    code, out, err = run_cli("eval", chat_ckpt, "--data", tmp_path / "t.txt", "--json")
+    assert code == 0, err
+    ev = json.loads(out.strip().splitlines()[-1])
+    assert ev["tokens"] == len(lp["token_logprobs"])
+    assert sum(lp["token_logprobs"]) == pytest.approx(-ev["loss"] * ev["tokens"], rel=1e-4)
+
+    ids = tok.encode(text)  # token ids, as lm-eval sends them: nothing added, so the first has no log-probability
+    r = httpx.post(
+        url + "/v1/completions",
+        json={"model": MODEL, "prompt": ids, "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0},
+    ).json()
+    lp = r["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][0] is None and len(lp["tokens"]) == len(ids) + 3
+    assert r["choices"][0]["text"].startswith(text)
+    bad = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True, "stream": True})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "echo"
+    zero = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 0})
+    assert zero.status_code == 400 and zero.json()["error"]["param"] == "max_tokens"
