@@ -75,6 +75,7 @@ class Served:
 
     def __init__(self, ckpt: Checkpoint, scheduler: Scheduler, config: ServeConfig, name: str):
         self.tokenizer, self.scheduler, self.limits, self.name = ckpt.tokenizer, scheduler, config, name
+        self.state = "starting"  # -> ready (the scheduler runs) -> draining (shutting down)
         self.template = ckpt.meta.get("chat_template")
         self.block_size = scheduler.cfg.block_size
         self._key = config.api_key.encode() if config.api_key else None
@@ -129,7 +130,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         scheduler.start()
+        served.state = "ready"
         yield
+        served.state = "draining"
         scheduler.close()
 
     app = FastAPI(title="pocketgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -145,8 +148,11 @@ def create_app(
         return response
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": served.name, **scheduler.stats()}
+    async def health():
+        """200 {"status": "ok", "state": "ready"} while serving; 503 with state starting or draining otherwise."""
+        body = {"status": "ok" if served.state == "ready" else served.state, "state": served.state}
+        body.update(model=served.name, **scheduler.stats())
+        return JSONResponse(body, status_code=200 if served.state == "ready" else 503)
 
     @app.get("/metrics")
     async def metrics():

@@ -39,11 +39,17 @@ def serve(
     app = create_app(checkpoint, cfg)
     banner = startup_message(app.state.served.name, cfg.host, cfg.port)
 
+    served = app.state.served
+
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if self.started:  # listening now: the URLs work
                 print(banner, flush=True)
+
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM / SIGINT: /health says so while requests drain
+            served.state = "draining"
+            super().handle_exit(sig, frame)
 
     in_flight = max(64, 4 * (cfg.max_batch + cfg.max_queue))
     server = Server(
@@ -53,7 +59,7 @@ def serve(
             port=cfg.port,
             log_level=log_level,
             server_header=False,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=cfg.drain_timeout_s,
             limit_concurrency=2 * in_flight,
         )
     )

@@ -150,3 +150,24 @@ def test_echo_with_logprobs_scores_the_prompt_as_eval_does(server, chat_ckpt, tm
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "echo"
     zero = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 0})
     assert zero.status_code == 400 and zero.json()["error"]["param"] == "max_tokens"
+
+
+def test_health_says_starting_ready_and_draining(chat_ckpt):
+    import asyncio
+
+    from serve_helpers import make_app, running
+
+    app = make_app(chat_ckpt)
+
+    async def get() -> httpx.Response:  # no lifespan: the scheduler never started
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+            return await h.get("/health")
+
+    r = asyncio.run(get())
+    assert r.status_code == 503 and r.json()["state"] == "starting"
+    with running(app) as url:
+        r = httpx.get(url + "/health")
+        assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["state"] == "ready"
+        app.state.served.state = "draining"  # what SIGTERM sets (serve/server.py) while requests finish
+        r = httpx.get(url + "/health")
+        assert r.status_code == 503 and r.json()["state"] == "draining"

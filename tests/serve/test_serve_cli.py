@@ -183,3 +183,53 @@ def test_serve_in_a_subprocess(chat_ckpt):
     assert f"chat page:    http://127.0.0.1:{port}/\n" in out
     assert f"API base URL: http://127.0.0.1:{port}/v1" in out
     assert "Traceback" not in out
+
+
+def test_sigterm_drains_streams_in_flight(chat_ckpt):
+    """SIGTERM while a stream is running: that stream still gets every token and [DONE], and the process exits
+    after the drain, without a traceback."""
+    port = _free_port()
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "pocketgpt.cli.main", "serve", str(chat_ckpt.parent), "--port", str(port)]
+    cmd += ["--dtype", "float32", "--device", "cpu", "--max-tokens", "4000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                r = httpx.get(url + "/health", timeout=2)
+                if r.status_code == 200:
+                    assert r.json()["state"] == "ready"
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        from pocketgpt.checkpoint import load_checkpoint
+
+        eot = load_checkpoint(chat_ckpt).tokenizer.eot_id  # banned: every stream runs to max_tokens
+        body = {"prompt": "x", "max_tokens": 3000, "stream": True, "logit_bias": {str(eot): -100}, "temperature": 1.0}
+        body["stream_options"] = {"include_usage": True}
+        raw, signalled = b"", False
+        with httpx.Client(base_url=url, timeout=120) as h:
+            with h.stream("POST", "/v1/completions", json=body) as r:
+                for chunk in r.iter_bytes():  # bytes: the model's random text may hold line separators
+                    raw += chunk
+                    if not signalled and raw.count(b"\n\ndata: ") >= 5:
+                        proc.send_signal(signal.SIGTERM)
+                        signalled = True
+        events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
+        assert signalled and events[-1] == b"[DONE]"
+        usage = __import__("json").loads(events[-2])["usage"]
+        assert usage["completion_tokens"] == 3000  # every token, though the signal came after the fifth event
+        code = proc.wait(timeout=60)
+        out = proc.stdout.read()
+        # uvicorn re-raises the signal once it has drained, so the exit status says "ended by SIGTERM"
+        assert code in (0, -signal.SIGTERM) and "Traceback" not in out, out
+        assert "Waiting for connections to close" in out and "Application shutdown complete" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
