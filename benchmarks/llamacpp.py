@@ -32,7 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import httpx
 import llamacpp_build
 import serve as serve_bench
 import torch
@@ -138,19 +137,7 @@ class LlamaServer:
         cmd += ["--port", str(self.port), "-t", str(threads), "-np", str(slots), "-cb"]
         cmd += ["-c", str(slots * ctx_per_slot), "--alias", self.name]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("llama-server did not come up")
-            time.sleep(0.2)
+        serve_bench.wait_until_healthy(self, 120)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -124,19 +124,7 @@ class Server:
             *extra,
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the server did not come up:\n{self.log_path.read_text()}")
-            time.sleep(0.2)
+        wait_until_healthy(self, 300)
 
     @property
     def pid(self) -> int:
@@ -171,6 +159,24 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def wait_until_healthy(server, timeout: float) -> None:
+    """Poll `server.url`/health until 200; RuntimeError with the log's tail if the process exits or time runs out.
+    `server` has proc, url, log_path and stop() (this file's Server, llamacpp.py's LlamaServer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.proc.returncode}):\n{server.log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"the server did not come up:\n{server.log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
 
 
 def percentile(xs: list[float], q: float) -> float:

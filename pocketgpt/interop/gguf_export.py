@@ -91,6 +91,22 @@ def check_gguf_exportable(cfg: ModelConfig) -> None:
         )
 
 
+def check_gguf_model(model, where) -> None:
+    """UserError for a model GGUF's gpt2 graph cannot hold: a classifier, or LoRA adapters left unmerged (their
+    deltas are not in the base weights a GGUF file stores)."""
+    from pocketgpt.model import GPT
+    from pocketgpt.model.classifier import GPTClassifier
+    from pocketgpt.model.lora import lora_modules
+
+    if isinstance(model, GPTClassifier) or not isinstance(model, GPT):
+        raise UserError(f"{where} is a {type(model).__name__} (a classifier): only language models export to GGUF")
+    if lora_modules(model):
+        raise UserError(
+            f"{where} is a LoRA adapter left unmerged: fold it into the weights first with "
+            "`pocketgpt merge BASE ADAPTER OUT`, then export OUT (or export to ONNX, which runs adapters as they are)"
+        )
+
+
 def _tokenizer_fields(tok, n_rows: int) -> tuple[list[str], list[str], list[int]]:
     """(tokens, merges, token types) in GGUF's gpt2 form; the list padded with unused [PADi] to n_rows."""
     import gguf
@@ -146,6 +162,7 @@ def convert_to_gguf(checkpoint: str | Path, out: str | Path, *, dtype: str = "f3
     ckpt = load_checkpoint(checkpoint)
     require_float(ckpt, "export to GGUF")
     model, tok = ckpt.model.float(), ckpt.tokenizer
+    check_gguf_model(model, checkpoint)
     cfg = model.config
     check_gguf_exportable(cfg)
     tokens, merges, types = _tokenizer_fields(tok, cfg.vocab_size)

@@ -27,6 +27,7 @@ from pocketgpt.config_dicts import to_dict
 from pocketgpt.errors import UserError
 from pocketgpt.fileio import atomic_dir
 from pocketgpt.model import GPT
+from pocketgpt.model.classifier import GPTClassifier
 
 FORMAT = "pocketgpt-onnx"
 TOLERANCE = 1e-4  # max |logit difference| onnxruntime may show against pocketgpt (float32)
@@ -152,6 +153,8 @@ def convert_to_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     ckpt = load_checkpoint(checkpoint)
     require_float(ckpt, "export to ONNX")
     model = ckpt.model.float().eval()
+    if isinstance(model, GPTClassifier) or not isinstance(model, GPT):
+        raise UserError(f"{checkpoint} is a {type(model).__name__} (a classifier): only language models export to ONNX")
     with atomic_dir(out) as tmp:
         _export(model, tmp / "model.onnx")
         meta = {"format": FORMAT, "model": to_dict(model.config), "inputs": INPUTS, "outputs": OUTPUTS}

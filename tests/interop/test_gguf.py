@@ -196,3 +196,19 @@ def test_converted_from_hugging_face_adds_no_bos(tmp_path, tiny_tokenizer):
     _, field = read(convert_to_gguf(ckpt, tmp_path / "m.gguf"))
     assert field("tokenizer.ggml.add_bos_token") is False
     assert dataclasses.asdict(model.config)["pos_encoding"] == "learned"
+
+
+def test_unmerged_lora_and_classifiers_are_refused(tmp_path, tiny_tokenizer):
+    from pocketgpt.config import LoRAConfig
+    from pocketgpt.interop.gguf_export import check_gguf_model
+    from pocketgpt.model.classifier import GPTClassifier
+    from pocketgpt.model.lora import apply_lora
+
+    _, model = checkpoint(tmp_path, tiny_tokenizer)
+    check_gguf_model(model, "plain")  # fine
+    apply_lora(model, LoRAConfig(rank=2))
+    with pytest.raises(UserError, match="pocketgpt merge"):
+        check_gguf_model(model, "ckpt")
+    _, base = checkpoint(tmp_path, tiny_tokenizer)
+    with pytest.raises(UserError, match="classifier"):
+        check_gguf_model(GPTClassifier.from_gpt(base, 3), "ckpt")

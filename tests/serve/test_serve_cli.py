@@ -133,6 +133,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_ready(proc, url: str) -> dict:
+    """Poll /health until 200 (the server process must stay alive); its JSON."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            r = httpx.get(url + "/health", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.2)
+
+
 def test_serve_in_a_subprocess(chat_ckpt):
     port = _free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
@@ -159,16 +174,7 @@ def test_serve_in_a_subprocess(chat_ckpt):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        _wait_until_ready(proc, url)
         c = client(url)
         assert [m.id for m in c.models.list().data] == ["run"]  # the run folder's name
         r = c.chat.completions.create(model="run", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
@@ -195,18 +201,7 @@ def test_sigterm_drains_streams_in_flight(chat_ckpt):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                r = httpx.get(url + "/health", timeout=2)
-                if r.status_code == 200:
-                    assert r.json()["state"] == "ready"
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        assert _wait_until_ready(proc, url)["state"] == "ready"
         from pocketgpt.checkpoint import load_checkpoint
 
         eot = load_checkpoint(chat_ckpt).tokenizer.eot_id  # banned: every stream runs to max_tokens
