@@ -400,12 +400,19 @@ class ServeConfig(RuntimeConfig):
     bos: bool | None = None
     """start text prompts (and chats) with <|endoftext|>; unset: what the checkpoint records (yes for models
     pocketgpt trained, no for checkpoints converted from Hugging Face)"""
+    prefix_cache_mb: float = 256.0
+    """memory for recent prompts' keys and values: a prompt that starts like one of them (a shared system prompt,
+    a chat's earlier turns) prefills only the rest; 0 turns prefix caching off"""
     drain_timeout_s: float = 30.0
     """on SIGTERM / Ctrl-C: stop accepting connections, let requests in flight finish for up to this many seconds"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.bos in (None, True, False), f"bos must be true, false or unset, got {self.bos!r}")
+        _check(
+            isinstance(self.prefix_cache_mb, (int, float)) and 0 <= self.prefix_cache_mb < float("inf"),
+            f"prefix_cache_mb must be a number >= 0, got {self.prefix_cache_mb!r}",
+        )
         _check(
             isinstance(self.drain_timeout_s, (int, float)) and 0 <= self.drain_timeout_s < float("inf"),
             f"drain_timeout_s must be a number of seconds >= 0, got {self.drain_timeout_s!r}",

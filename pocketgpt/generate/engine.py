@@ -101,6 +101,14 @@ class Engine:
         return cache, self.model.lm_head(h[:, -1]).float().cpu()  # (B, V) on the CPU, where sampling runs
 
     @torch.inference_mode()
+    def extend(self, cache: KVCache, ids: list[int]) -> torch.Tensor:
+        """Feed one row's tokens after what its (one-row, unpadded) cache holds; the last token's logits (1, V).
+        The scheduler's prefix cache prefills a prompt's new part this way."""
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        h = self.model.hidden(idx, kv_cache=cache)  # positions follow the cache
+        return self.model.lm_head(h[:, -1]).float().cpu()
+
+    @torch.inference_mode()
     def decode(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """Feed one token per row, (B,), at per-row positions (B,) or the cache's; return logits (B, V)."""
         pos = positions[:, None].to(self.device) if positions is not None else None

@@ -49,6 +49,7 @@ from pocketgpt.generate import sampling as S
 from pocketgpt.generate.batch_sampling import choose_tokens
 from pocketgpt.generate.completion import Completion, crop_prompt
 from pocketgpt.generate.engine import Engine
+from pocketgpt.generate.prefix_cache import PrefixCache
 from pocketgpt.generate.speculative import SpecStats, decode_row
 from pocketgpt.model import KVCache
 
@@ -165,9 +166,10 @@ class _Seq:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, engine: Engine, *, max_batch: int = 8, max_queue: int = 64, prefix_cache_mb: float = 0):
         """`engine`: an Engine (or a model, wrapped in one). `max_batch` rows decode together; `max_queue`
-        requests may wait for a row before `submit` raises QueueFull."""
+        requests may wait for a row before `submit` raises QueueFull. `prefix_cache_mb` > 0 keeps recent prompts'
+        keys and values (prefix_cache.py) so that a prompt sharing their start prefills only the rest."""
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch} and {max_queue}")
         self.engine = engine if isinstance(engine, Engine) else Engine(engine)
@@ -176,6 +178,7 @@ class Scheduler:
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._rows: list[_Seq] = []  # the batch, in cache order
         self._spec: list[_Seq] = []  # speculative rows, each on its own cache
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.spec_stats = SpecStats("mixed")  # drafted / accepted tokens of every speculative row so far
         self._cache: KVCache | None = None
         self._logits: torch.Tensor | None = None  # (len(rows), V): each row's next-token logits
@@ -251,7 +254,20 @@ class Scheduler:
                 "decode_calls": self.decode_calls,
                 "prefill_calls": self.prefill_calls,
                 "finished": self.finished,
+                **self._prefix_stats(),
             }
+
+    def _prefix_stats(self) -> dict:
+        pc = self.prefix_cache
+        if pc is None:
+            return {}
+        return {
+            "prefix_cache_hits": pc.hits,
+            "prefix_cache_misses": pc.misses,
+            "prefix_cache_reused_tokens": pc.reused_tokens,
+            "prefix_cache_entries": len(pc),
+            "prefix_cache_bytes": pc.bytes,
+        }
 
     def _unqueue(self, handle: RequestHandle) -> None:
         with self._cv:  # a waiting request leaves the queue at once
@@ -330,8 +346,10 @@ class Scheduler:
         new = [s for s in new if s.sample.speculative == "off"]
         for s in spec:
             self._start_speculative(s)
+        if new and self.prefix_cache is not None:
+            new = self._prefill_from_cache(new)
         if new:
-            self._prefill(new, [s.context for s in new])
+            self._prefill(new, [s.context for s in new], store=self.prefix_cache is not None)
         ran_spec = self._advance_speculative()
         # 3) merge prefilled rows (new, or slid last step) into the batch
         if self._joining:
@@ -422,13 +440,38 @@ class Scheduler:
 
         return wait
 
-    def _prefill(self, seqs: list[_Seq], contexts: list[list[int]]) -> None:
+    def _prefill(self, seqs: list[_Seq], contexts: list[list[int]], store: bool = False) -> None:
         cache, logits = self.engine.prefill(contexts, bucket=True)  # few shapes: bounded oneDNN caches
         self.prefill_calls += 1
-        for s, c in zip(seqs, contexts):
+        for b, (s, c) in enumerate(zip(seqs, contexts)):
             s.fed = len(c)
+            if store:  # row b's prompt fills the last len(c) slots (left padding before it)
+                sl = slice(cache.pos - len(c), cache.pos)
+                self.prefix_cache.store(c, cache.k[:, b, :, sl], cache.v[:, b, :, sl])
         with self._cv:
             self._joining.append((seqs, cache, logits))
+
+    def _prefill_from_cache(self, seqs: list[_Seq]) -> list[_Seq]:
+        """Rows whose prompt starts like a cached one: copy the cached keys and values, prefill only the rest (each
+        on its own one-row cache, which the merge packs into the batch). Returns the rows that missed."""
+        missed = []
+        for s in seqs:
+            hit = self.prefix_cache.lookup(s.context)
+            if hit is None:
+                missed.append(s)
+                continue
+            n = hit.tokens
+            cache = KVCache(self.cfg, 1, dtype=self.engine.dtype, device=self.engine.device)
+            cache.k[:, 0, :, :n] = hit.k
+            cache.v[:, 0, :, :n] = hit.v
+            cache.pos = n
+            logits = self.engine.extend(cache, s.context[n:])
+            self.prefill_calls += 1
+            self.prefix_cache.store(s.context, cache.k[:, 0, :, : cache.pos], cache.v[:, 0, :, : cache.pos])
+            s.fed = len(s.context)
+            with self._cv:
+                self._joining.append(([s], cache, logits))
+        return missed
 
     def _merge(self) -> None:
         """Rows prefilled since the last step join the batch (one that was cancelled meanwhile leaves next step)."""

@@ -121,7 +121,7 @@ def create_app(
         quantize_model(ckpt.model)
     draft = load_checkpoint(cfg.draft, device=dev).model if cfg.draft else None
     engine = Engine(ckpt.model, device=dev, dtype=dtype, kernels=cfg.kernels, draft=draft)
-    scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+    scheduler = Scheduler(engine, max_batch=cfg.max_batch, max_queue=cfg.max_queue, prefix_cache_mb=cfg.prefix_cache_mb)
     served = Served(ckpt, scheduler, cfg, cfg.model_name or model_id(ckpt))
     served.model = engine.model
     served.bos = prompt_bos(ckpt) if cfg.bos is None else cfg.bos

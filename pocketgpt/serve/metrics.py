@@ -1,16 +1,16 @@
 """`/metrics` in Prometheus' text format, with `prometheus-client` (one registry per app, so apps do not mix).
 
-    pocketgpt_requests_total{route, status}         every HTTP request, by route template and status code
-    pocketgpt_prompt_tokens_total                   prompt tokens of completion and chat requests
-    pocketgpt_completion_tokens_total               tokens generated
-    pocketgpt_time_to_first_token_seconds           histogram: request submitted -> its first token
-    pocketgpt_inter_token_latency_seconds           histogram: gaps between one sequence's tokens
-    pocketgpt_queue_depth, pocketgpt_running_rows   sequences waiting / decoding, read from the scheduler at scrape
-    pocketgpt_kv_cache_bytes                        bytes held by the batch's KV cache at scrape
-    pocketgpt_decode_steps_total                    batched decode forwards
-    pocketgpt_speculative_{drafted,accepted}_tokens_total
+pocketgpt_requests_total{route, status}         every HTTP request, by route template and status code
+pocketgpt_prompt_tokens_total                   prompt tokens of completion and chat requests
+pocketgpt_completion_tokens_total               tokens generated
+pocketgpt_time_to_first_token_seconds           histogram: request submitted -> its first token
+pocketgpt_inter_token_latency_seconds           histogram: gaps between one sequence's tokens
+pocketgpt_queue_depth, pocketgpt_running_rows   sequences waiting / decoding, read from the scheduler at scrape
+pocketgpt_kv_cache_bytes                        bytes held by the batch's KV cache at scrape
+pocketgpt_decode_steps_total                    batched decode forwards
+pocketgpt_speculative_{drafted,accepted}_tokens_total
 
-No prefix cache exists yet, so there is no prefix-cache counter (nothing would count).
+pocketgpt_prefix_cache_{hits,misses,reused_tokens}_total   prefix caching (generate/prefix_cache.py)
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ class _SchedulerCollector:
         held = 0 if cache is None else cache.k.numel() * cache.k.element_size() * 2
         yield GaugeMetricFamily("pocketgpt_kv_cache_bytes", "bytes of the batch's KV cache", value=held)
         yield CounterMetricFamily("pocketgpt_decode_steps", "batched decode forwards", value=st["decode_calls"])
+        for name, what in (
+            ("hits", "prompts that reused a cached prefix"),
+            ("misses", "prompts that found none"),
+            ("reused_tokens", "prompt tokens not prefilled thanks to the cache"),
+        ):
+            if f"prefix_cache_{name}" in st:
+                yield CounterMetricFamily(f"pocketgpt_prefix_cache_{name}", what, value=st[f"prefix_cache_{name}"])
         spec = self.scheduler.spec_stats
         yield CounterMetricFamily(
             "pocketgpt_speculative_drafted_tokens", "tokens drafted for speculative requests", value=spec.drafted

@@ -89,6 +89,7 @@ def test_metrics_count_requests_tokens_and_latencies(server):
         - metric(b, "pocketgpt_inter_token_latency_seconds_count")
         == 6
     )
+    assert "pocketgpt_prefix_cache_misses_total" in after and "pocketgpt_prefix_cache_hits_total" in after
     for name in ("pocketgpt_queue_depth", "pocketgpt_running_rows", "pocketgpt_kv_cache_bytes"):
         assert f"\n{name} " in after
 
