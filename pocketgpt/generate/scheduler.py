@@ -161,6 +161,7 @@ class _Seq:
     counts: torch.Tensor | None = None  # (V,) generated-token counts, for frequency/presence
     seen: torch.Tensor | None = None  # (V,) bool, tokens in the text, for repetition_penalty
     noise: torch.Tensor | None = None  # (V,) its generator's next draw, made during a decode
+    constraint: object | None = None  # structured output: the grammar state (structured.Constraint)
     spec: object | None = None  # speculative rows: the running batch-1 loop (a generator of tokens)
     out: Completion | None = None  # speculative rows: what the loop has produced (tokens, logprobs, finish)
 
@@ -199,11 +200,14 @@ class Scheduler:
         *,
         should_stop: Callable[[int, list[int]], bool] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        constraint: Callable[[], object] | None = None,
     ) -> RequestHandle:
         """Queue one sequence (sample.num_samples must be 1); see `submit_all`."""
         if sample.num_samples != 1:
             raise ValueError(f"submit queues one sequence: use submit_all for num_samples={sample.num_samples}")
-        return self.submit_all(prompt_ids, sample, stop_ids, should_stop=should_stop, loop=loop)[0]
+        return self.submit_all(prompt_ids, sample, stop_ids, should_stop=should_stop, loop=loop, constraint=constraint)[
+            0
+        ]
 
     def submit_all(
         self,
@@ -213,10 +217,13 @@ class Scheduler:
         *,
         should_stop: Callable[[int, list[int]], bool] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        constraint: Callable[[], object] | None = None,
     ) -> list[RequestHandle]:
         """Queue `sample.num_samples` sequences of one prompt, all or none (QueueFull), seeded seed + j as the
         engine does. `should_stop(j, tokens)` is asked after every token of sample j (on the scheduler's thread);
-        True ends it with finish_reason "stop". Prompts longer than the context keep their last tokens."""
+        True ends it with finish_reason "stop". Prompts longer than the context keep their last tokens.
+        `constraint()` makes each sequence's grammar state (generate/structured.py): its mask applies before
+        every pick, and the sequence ends when the grammar is complete (such rows never decode speculatively)."""
         if not prompt_ids or sample.num_beams > 1:
             raise ValueError("give a prompt of at least one token; beam search runs on Engine.generate, not here")
         if not all(0 <= int(t) < self.cfg.vocab_size for t in prompt_ids):
@@ -231,6 +238,7 @@ class Scheduler:
                 should_stop,
                 list(ctx),
                 torch.Generator().manual_seed(base_seed + j),
+                constraint=constraint() if constraint is not None else None,
             )
             for j in range(sample.num_samples)
         ]
@@ -342,8 +350,8 @@ class Scheduler:
             if s.sample.max_new_tokens == 0:
                 s.handle._finish("length")
         new = [s for s in new if s.sample.max_new_tokens > 0]
-        spec = [s for s in new if s.sample.speculative != "off"]
-        new = [s for s in new if s.sample.speculative == "off"]
+        spec = [s for s in new if s.sample.speculative != "off" and s.constraint is None]
+        new = [s for s in new if s not in spec]
         for s in spec:
             self._start_speculative(s)
         if new and self.prefix_cache is not None:
@@ -506,6 +514,9 @@ class Scheduler:
         """Choose each row's next token from its logits, hand it over, retire the rows that finished."""
         finished: dict[int, str] = {}
         logits = self._logits.float().cpu()  # (B, V): the generators live on the CPU
+        for a, s in enumerate(self._rows):
+            if s.constraint is not None:
+                s.constraint.mask(logits[a])  # forbidden tokens to -inf, before penalties and sampling
         ids = choose_tokens(self._rows, logits)
         for a, (s, tid) in enumerate(zip(self._rows, ids)):
             if tid in s.stop:
@@ -525,7 +536,11 @@ class Scheduler:
                 s.seen[tid] = True
             s.handle.completion_tokens += 1
             s.handle._put(tok)
-            if s.should_stop is not None and s.should_stop(s.handle.index, s.tokens):
+            if s.constraint is not None:
+                s.constraint.consume(tid)
+            if s.constraint is not None and s.constraint.done:
+                finished[a] = "stop"  # the grammar is complete: nothing else may follow
+            elif s.should_stop is not None and s.should_stop(s.handle.index, s.tokens):
                 finished[a] = "stop"
             elif len(s.tokens) >= s.sample.max_new_tokens:
                 finished[a] = "length"

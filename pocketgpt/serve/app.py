@@ -31,8 +31,10 @@ from starlette.requests import ClientDisconnect
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint, prompt_bos
 from pocketgpt.config import ServeConfig
+from pocketgpt.errors import UserError
 from pocketgpt.generate.engine import Engine
 from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed, Token
+from pocketgpt.generate.structured import ConstraintFactory
 from pocketgpt.model.quant import is_quantized, quantize_model
 from pocketgpt.serve import extras
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, text_logprobs, usage
@@ -322,10 +324,23 @@ def _submit(job: Job, served: Served) -> list[RequestHandle]:
     """Every sequence of the job queued, or none (429 / 503)."""
     loop = asyncio.get_running_loop()
     handles: list[RequestHandle] = []
+    constraint = None
+    if job.grammar is not None:
+        try:
+            constraint = ConstraintFactory(
+                served.tokenizer, job.grammar, n_vocab=served.scheduler.cfg.vocab_size, end_ids=job.stop_ids[:1]
+            )
+        except UserError as e:
+            raise bad(str(e), "response_format") from None
     try:
         for ids in job.prompts:  # choice index = prompt index * n + sample index
             handles += served.scheduler.submit_all(
-                ids, job.sample, job.stop_ids, loop=loop, should_stop=stop_check(served.tokenizer, job.sample.stop)
+                ids,
+                job.sample,
+                job.stop_ids,
+                loop=loop,
+                should_stop=stop_check(served.tokenizer, job.sample.stop),
+                constraint=constraint,
             )
     except QueueFull:
         for h in handles:

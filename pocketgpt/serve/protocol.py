@@ -14,6 +14,7 @@ from typing import Any
 
 from pocketgpt.config import SampleConfig, ServeConfig
 from pocketgpt.errors import UserError
+from pocketgpt.generate.structured import parse_response_format
 from pocketgpt.tokenizer.chat import answer_stops, chat_problem, render_for_completion, stop_token_ids
 
 ServeLimits = ServeConfig  # the old name of the server's settings, kept for callers that import it from here
@@ -71,6 +72,7 @@ class Job:
     logprobs: int | None = None  # None: off; else the number of alternatives per token
     echo: bool = False  # completions: the prompt's text (and its tokens' log-probabilities) come first
     echo_skip: int = 0  # leading prompt tokens the server added (<|endoftext|>), not echoed
+    grammar: str | None = None  # chat response_format json_object / json_schema: the grammar decoding follows
 
 
 COMMON = {
@@ -142,6 +144,7 @@ def parse_job(
     """Check a request body and turn it into a Job; APIError (400) names the first bad parameter."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
+    grammar = None
     for k in body:
         if k not in (CHAT if chat else TEXT):
             raise bad(f"Unrecognized request argument supplied: {k:.60}", k)
@@ -193,9 +196,10 @@ def parse_job(
         for k in ("tools", "tool_choice"):
             if body.get(k) not in (None, [], "none"):
                 raise bad(f"{k}: this model cannot call tools", k)
-        fmt = body.get("response_format")
-        if fmt is not None and fmt != {"type": "text"}:
-            raise bad('response_format: only {"type": "text"} is supported', "response_format")
+        try:
+            grammar = parse_response_format(body.get("response_format"))
+        except UserError as e:
+            raise bad(str(e), "response_format") from None
     try:
         sample = SampleConfig(
             max_new_tokens=max_tokens,
@@ -219,7 +223,10 @@ def parse_job(
         raise bad(str(e)) from None
     stop_ids = stop_token_ids(tokenizer) if chat else [tokenizer.eot_id]
     skip = 1 if echo and bos and _text_given(body) else 0
-    return Job(chat, prompts, sample, stop_ids, stream, include_usage, top if logprobs else None, echo, skip)
+    logprobs_k = top if logprobs else None
+    job = Job(chat, prompts, sample, stop_ids, stream, include_usage, logprobs_k, echo, skip)
+    job.grammar = grammar if chat else None
+    return job
 
 
 def _text_given(body: dict) -> bool:

@@ -80,7 +80,7 @@ BAD_FIELDS = [
     {"logprobs": True, "top_logprobs": 50},
     {"stream_options": {"include_usage": True}},
     {"tools": [{"x": 1}]},
-    {"response_format": {"type": "json_object"}},
+    {"response_format": {"type": "yaml"}},
     {"unknown_field": 1},
     {"model": 5},
     {"user": []},
