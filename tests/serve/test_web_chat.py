@@ -62,14 +62,20 @@ def web(web_ckpt):
     scheduler = app.state.served.scheduler
     submit, decode = scheduler.submit_all, scheduler.engine.decode
     scheduler.submit_all = lambda ids, sample, stop_ids, **kw: submit(ids, sample, [], **kw)
+    import pocketgpt.serve.protocol as protocol  # nor do special tokens written out end an answer (as they would)
+
+    answer_stops, protocol.answer_stops = protocol.answer_stops, lambda stop=(): tuple(stop)
 
     def paced_decode(*args, **kwargs):
         time.sleep(0.003)
         return decode(*args, **kwargs)
 
     scheduler.engine.decode = paced_decode
-    with running(app) as url:
-        yield url, scheduler
+    try:
+        with running(app) as url:
+            yield url, scheduler
+    finally:
+        protocol.answer_stops = answer_stops
 
 
 def _unavailable(reason: str):
@@ -347,5 +353,36 @@ def test_chat_session_in_chromium(web, browser):
         assert not page_errors, page_errors
         foreign = [r for r in requests if not (r.startswith(url + "/") or r.startswith("data:"))]
         assert not foreign, f"the page reached outside its server: {foreign}"
+    finally:
+        context.close()
+
+
+def test_json_mode_toggle_in_chromium(web, browser):
+    """The JSON mode switch sends response_format json_object, is kept in the browser, and the answer is JSON."""
+    from playwright.sync_api import expect
+
+    pytest.importorskip("llguidance")
+    url, _ = web
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        page.goto(url + "/")
+        _set(page, "#api-key", KEY)
+        expect(page.locator("#model-name")).to_have_text(MODEL)
+        _set(page, "#max-tokens", "40")
+        page.locator("#json-mode").check()
+        body = _send(page, "Describe a cat.").post_data_json
+        assert body["response_format"] == {"type": "json_object"}
+        _settle(page, 1)
+        assert page.locator(".msg.assistant .text").first.text_content().startswith("{")
+        page.reload()  # kept in localStorage, like the other settings (the key too: the settings stay closed)
+        expect(page.locator("#model-name")).to_have_text(MODEL)
+        expect(page.locator("#json-mode")).to_be_checked()
+        if page.locator("#settings").get_attribute("open") is None:
+            page.locator("#settings summary").click()
+        page.locator("#json-mode").uncheck()
+        assert "response_format" not in _send(page, "Plain text now.").post_data_json
+        _settle(page, 1)
     finally:
         context.close()

@@ -31,11 +31,13 @@
     for (const [key, id] of Object.entries(FIELDS)) {
       if (typeof saved[key] === "string") $(id).value = saved[key];
     }
+    $("json-mode").checked = saved.json_mode === true;
   }
 
   function saveSettings() {
     const values = {};
     for (const [key, id] of Object.entries(FIELDS)) values[key] = $(id).value;
+    values.json_mode = $("json-mode").checked;
     try { localStorage.setItem(STORE, JSON.stringify(values)); } catch (e) { /* private mode: keep them in the page */ }
   }
 
@@ -204,6 +206,7 @@
     const body = { messages: (system ? [{ role: "system", content: system }] : []).concat(history), stream: true,
                    ...params };
     if (model) body.model = model;
+    if ($("json-mode").checked) body.response_format = { type: "json_object" };  // the server's grammar: JSON only
     controller = new AbortController();
     const mine = chat;
     setBusy(true);
