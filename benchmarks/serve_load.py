@@ -6,7 +6,9 @@ by --concurrency concurrent httpx clients (default 32), stopping early at --time
 --seed): valid completions and chat, streaming and not, with short max_tokens (some with n, stop strings,
 logprobs); malformed requests (bad JSON, wrong types, unknown model, prompt too long, negative max_tokens,
 oversized body, bad n, unknown parameter, wrong method / route, invalid UTF-8); and clients that disconnect
-mid-stream or before a non-streamed answer. Every answer that is not 200 must be an OpenAI error object.
+mid-stream or before a non-streamed answer; chats that share one long system prompt (the prefix cache's case),
+chats with a JSON-schema response_format (each 200 answer must parse and validate), and embeddings. Every answer
+that is not 200 must be an OpenAI error object.
 
 Reports: responses by kind and status, the 5xx count (target 0), answers with an unexpected status or shape,
 latency p50 / p99 (send -> whole response read) per group, and the server's resident memory (VmRSS from
@@ -39,6 +41,16 @@ from common import header
 from serve import GPT2_FILES, Server, make_checkpoint, make_tokenizer, percentile
 
 NAME = "bench"
+SYSTEM = (  # a long system prompt every chat-shared-prefix request starts with
+    "You are a careful assistant for a small language model demo. Answer in one short sentence, name the tokens "
+    "you read, say which earlier positions attention mixed, and never invent facts you were not given. "
+) * 3
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 24}, "confidence": {"enum": ["low", "high"]}},
+    "required": ["answer", "confidence"],
+    "additionalProperties": False,
+}
 WORDS = "the model reads tokens and predicts the next one while attention mixes values from earlier positions".split()
 
 # kind -> (weight, group, expected statuses)
@@ -48,6 +60,9 @@ KINDS = {
     "chat": (12, "valid", {200, 429}),
     "chat-stream": (12, "valid", {200, 429}),
     "completion-n-stop-lp": (5, "valid", {200, 429}),
+    "chat-shared-prefix": (8, "valid", {200, 429}),  # one long system prompt: the prefix cache's case
+    "chat-json-schema": (5, "valid", {200, 429}),  # response_format json_schema: grammar-constrained decoding
+    "embeddings": (2, "valid", {200}),
     "models": (3, "valid", {200}),
     "bad-json": (3, "malformed", {400}),
     "not-an-object": (2, "malformed", {400}),
@@ -122,6 +137,17 @@ def build(kind: str, rng: random.Random) -> tuple[str, str, dict | bytes | None]
                 "stream": rng.random() < 0.5,
             },
         )
+    if kind == "chat-shared-prefix":
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": words(rng, rng.randint(2, 12))}]
+        return "POST", "/v1/chat/completions", {"model": NAME, "messages": msgs, "max_tokens": mt, "temperature": temp}
+    if kind == "chat-json-schema":
+        fmt = {"type": "json_schema", "json_schema": {"name": "reply", "schema": JSON_SCHEMA}}
+        msgs = [{"role": "user", "content": words(rng, 6)}]
+        body = {"model": NAME, "messages": msgs, "max_tokens": 80, "temperature": temp, "response_format": fmt}
+        body["stream"] = rng.random() < 0.5
+        return "POST", "/v1/chat/completions", body
+    if kind == "embeddings":
+        return "POST", "/v1/embeddings", {"model": NAME, "input": [words(rng, 8), words(rng, 3)]}
     if kind == "models":
         return "GET", "/v1/models", None
     if kind == "bad-json":
@@ -182,7 +208,7 @@ def build(kind: str, rng: random.Random) -> tuple[str, str, dict | bytes | None]
         return rng.choice(
             [
                 ("GET", "/v1/completions", None),
-                ("POST", "/v1/embeddings", {"input": "hi"}),
+                ("POST", "/v1/embedding", {"input": "hi"}),
                 ("DELETE", "/v1/models", None),
             ]
         )
@@ -194,6 +220,21 @@ def build(kind: str, rng: random.Random) -> tuple[str, str, dict | bytes | None]
     if kind == "disconnect-before-answer":
         return "POST", "/v1/completions", {"model": NAME, "prompt": words(rng, 5), "max_tokens": 400}
     raise ValueError(kind)
+
+
+def json_problem(obj: dict) -> str | None:
+    """A JSON-schema chat answer that ended ("stop") must parse and validate; None when it does."""
+    for ch in obj["choices"]:
+        if ch["finish_reason"] != "stop":
+            continue  # cut by max_tokens: a prefix of valid JSON
+        try:
+            a = json.loads(ch["message"]["content"])
+            ok = set(a) == {"answer", "confidence"} and len(a["answer"]) <= 24 and a["confidence"] in ("low", "high")
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            return f"JSON-schema answer does not validate: {ch['message']['content'][:120]!r}"
+    return None
 
 
 def openai_error_shape(content: bytes) -> bool:
@@ -249,9 +290,13 @@ async def one(client: httpx.AsyncClient, kind: str, rng: random.Random) -> Outco
             problem = f"stream did not end with [DONE]: {content[-160:]!r}"
     elif status == 200 and method == "POST":
         try:
-            json.loads(content)["choices"]
+            obj = json.loads(content)
+            obj["data" if kind == "embeddings" else "choices"]
         except (ValueError, KeyError, TypeError):
-            problem = f"HTTP 200 without choices: {content[:160]!r}"
+            problem = f"HTTP 200 without choices / data: {content[:160]!r}"
+        else:
+            if kind == "chat-json-schema":
+                problem = json_problem(obj)
     return Outcome(kind, status, latency, problem)
 
 
@@ -393,6 +438,14 @@ def main() -> int:
         f"server after the storm: {'alive' if alive else 'DEAD'}; scheduler "
         f"running={health.get('running')} waiting={health.get('waiting')} finished={health.get('finished')}"
     )
+    if "prefix_cache_hits" in health:
+        print(
+            f"prefix cache: {health['prefix_cache_hits']} hits, {health['prefix_cache_misses']} misses, "
+            f"{health['prefix_cache_reused_tokens']:,} prompt tokens not prefilled, {health['prefix_cache_entries']} "
+            f"entries in {health['prefix_cache_bytes'] / 2**20:.1f} MiB"
+        )
+    json_ok = [o for o in outcomes if o.kind == "chat-json-schema" and o.status == 200]
+    print(f"json-schema answers: {len(json_ok)} with status 200, {sum(o.problem is not None for o in json_ok)} invalid")
     bad_lines = [ln for ln in log.splitlines() if "ERROR" in ln or "WARNING" in ln or "Traceback" in ln]
     print(
         f"server log: {len(bad_lines)} ERROR / WARNING / Traceback lines"
