@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pocketgpt"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"fileio", "presets", "config_dicts", "config_runtime"},
+    {"config_serve"},  # ServeConfig: RuntimeConfig + the server's fields (config.py re-exports it)
     {"config"},
     {"device", "plot"},
     {"tokenizer", "model"},  # tokenizer: no torch; model: torch + config + errors only (see ONLY below)

@@ -8,6 +8,8 @@ temperature / top_k / top_p / min_p are sampled together in one vectorised pass,
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import torch
 
 from pocketgpt.generate import sampling as S
@@ -68,3 +70,33 @@ def take_noise(group: list, V: int) -> torch.Tensor | None:
     for s in group:
         s.noise = None
     return q
+
+
+class NoiseDrawer:
+    """Draws the sampling noise of the scheduler's next pick on a helper thread, so that it runs beside the decode
+    forward (on another core; the noise needs no logits): each sampling row's generator draws exactly what it would
+    draw at the pick."""
+
+    def __init__(self, vocab_size: int):
+        self.V, self.pool = vocab_size, None
+
+    def start(self, rows: list):
+        """Begin drawing for `rows` that sample and hold no noise yet; returns the wait that stores it in the rows,
+        or None when there is nothing to draw."""
+        todo = [s for s in rows if s.noise is None and s.sample.effective_temperature > 0]
+        if not todo or not S._fast_draws():
+            return None
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pocketgpt-sampling-noise")
+        job = self.pool.submit(S.draw_noise, self.V, [s.generator for s in todo])
+
+        def wait() -> None:
+            for s, row in zip(todo, job.result()):
+                s.noise = row
+
+        return wait
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+            self.pool = None

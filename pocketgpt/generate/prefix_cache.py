@@ -66,6 +66,34 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def stats(self) -> dict:
+        return {
+            "prefix_cache_hits": self.hits,
+            "prefix_cache_misses": self.misses,
+            "prefix_cache_reused_tokens": self.reused_tokens,
+            "prefix_cache_entries": len(self),
+            "prefix_cache_bytes": self.bytes,
+        }
+
+
+def prefill_with_prefix(pc: PrefixCache, engine, ids: list[int]):
+    """(one-row KV cache holding all of `ids`, last logits (1, V)) when `ids` starts like a cached prompt: the cached
+    keys and values are copied and only the rest is run (`Engine.extend`); the whole prompt is stored in turn.
+    None on a miss."""
+    from pocketgpt.model import KVCache
+
+    hit = pc.lookup(ids)
+    if hit is None:
+        return None
+    n = hit.tokens
+    cache = KVCache(engine.cfg, 1, dtype=engine.dtype, device=engine.device)
+    cache.k[:, 0, :, :n] = hit.k
+    cache.v[:, 0, :, :n] = hit.v
+    cache.pos = n
+    logits = engine.extend(cache, ids[n:])
+    pc.store(ids, cache.k[:, 0, :, : cache.pos], cache.v[:, 0, :, : cache.pos])
+    return cache, logits
+
 
 def _common(a: tuple[int, ...], b: list[int]) -> int:
     n = min(len(a), len(b))

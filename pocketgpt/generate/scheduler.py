@@ -13,18 +13,16 @@ and the logits of each row's next token. Each `step()`:
        pick from their generators (the same numbers the pick would draw; it needs no logits).
 A background thread (`start()`) calls `step()` whenever there is work; tests may call `step()` themselves instead.
 
-Speculative requests (`SampleConfig.speculative` ngram or draft) take a row of `max_batch` but not of the batch
-cache: each runs speculative.py's batch-1 loop on its own KV cache, advanced one token per `step()` (a verification
-forward when its drafted tokens are used up, free otherwise). Alone, it decodes as fast as `Engine.generate`'s
-speculative path; beside other rows, it shares the steps. Its output is that path's: greedy equal to plain
-decoding, sampled from plain sampling's distribution, seeded runs repeatable whatever else is running.
+Speculative requests take a row of `max_batch` but not of the batch cache: each runs speculative.py's batch-1 loop
+on its own KV cache, one token per `step()`, with that path's output (greedy = plain greedy, seeded runs repeat).
+Prompts that start like a recent one reuse its keys and values (prefix_cache.py).
 
 The cache layout. KVCache writes every row at the same slot (`pos`), so rows are right-aligned: a row holding
 `fed` tokens fills slots [pos - fed, pos), the slots before are left padding that the cache's `valid` mask hides,
 and each row decodes at its own position (`fed`). When rows join, the batch is rebuilt by copying every row's
 live slots into a fresh cache aligned to the longest row (`_pack`), which also drops padding no row needs; rows
-that leave are removed with `KVCache.select`; a full cache is repacked the same way. A row therefore computes exactly what it would alone (greedy
-results equal `Engine.generate` on that prompt alone; seeded samples repeat).
+that leave are removed with `KVCache.select`; a full cache is repacked the same way. A row therefore computes
+exactly what it would alone (greedy results equal `Engine.generate` on that prompt alone; seeded samples repeat).
 
 Knows only token ids: no strings, HTTP or argv (stop strings are the caller's, through `should_stop`).
 """
@@ -33,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import queue
 import random
 import sys
 import threading
@@ -46,104 +42,13 @@ import torch
 
 from pocketgpt.config import SampleConfig
 from pocketgpt.generate import sampling as S
-from pocketgpt.generate.batch_sampling import choose_tokens
+from pocketgpt.generate.batch_sampling import NoiseDrawer, choose_tokens
 from pocketgpt.generate.completion import Completion, crop_prompt
 from pocketgpt.generate.engine import Engine
-from pocketgpt.generate.prefix_cache import PrefixCache
-from pocketgpt.generate.speculative import SpecStats, decode_row
+from pocketgpt.generate.handles import QueueFull, RequestHandle, SchedulerClosed, Token  # noqa: F401  (public here)
+from pocketgpt.generate.prefix_cache import PrefixCache, prefill_with_prefix
+from pocketgpt.generate.speculative import SpecStats, advance_rows, decode_row
 from pocketgpt.model import KVCache
-
-
-class QueueFull(RuntimeError):
-    """The waiting queue holds `max_queue` requests: come back later (HTTP 429)."""
-
-
-class SchedulerClosed(RuntimeError):
-    """The scheduler was closed: it takes no more requests (HTTP 503)."""
-
-
-@dataclass
-class Token:
-    """One generated token, with its log-probability and the best alternatives when asked for."""
-
-    id: int
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-
-
-_END = object()
-
-
-class RequestHandle:
-    """One sequence being generated: iterate it (sync or async) for its `Token`s; `cancel()` frees its row.
-
-    After the last token, `finish_reason` is "stop" (a stop id or should_stop), "length" (max tokens) or
-    "cancelled". With a `loop` (the server's asyncio loop) it is consumed with `async for`, else with `for`.
-    """
-
-    def __init__(
-        self,
-        index: int,
-        prompt_tokens: int,
-        loop: asyncio.AbstractEventLoop | None = None,
-        on_cancel: Callable[[RequestHandle], None] = lambda h: None,
-    ):
-        self.index = index  # sample index j within its submit (seed + j)
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self._loop = loop
-        self._q = asyncio.Queue() if loop is not None else queue.SimpleQueue()
-        self._cancelled = threading.Event()
-        self._ended = False
-        self._on_cancel = on_cancel
-
-    # --- the scheduler's side ---------------------------------------------------------------------
-    def _put(self, item) -> None:
-        try:
-            self._q.put(item) if self._loop is None else self._loop.call_soon_threadsafe(self._q.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is gone: nobody is listening
-            self._cancelled.set()
-
-    def _finish(self, reason: str, error: BaseException | None = None) -> None:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-            self._put(_END if error is None else error)
-
-    # --- the consumer's side ----------------------------------------------------------------------
-    def cancel(self) -> None:
-        """Stop generating: the row is freed before the next decode step; a waiting request leaves the queue."""
-        if not self._cancelled.is_set() and self.finish_reason is None:
-            self._cancelled.set()
-            self._on_cancel(self)
-
-    def _unpack(self, item, stop: type[Exception]) -> Token:
-        if item is _END or isinstance(item, BaseException):
-            self._ended = True
-            raise stop if item is _END else item
-        return item
-
-    def __iter__(self) -> RequestHandle:
-        return self
-
-    def __next__(self) -> Token:
-        if self._ended:
-            raise StopIteration
-        return self._unpack(self._q.get(), StopIteration)
-
-    def __aiter__(self) -> RequestHandle:
-        return self
-
-    async def __anext__(self) -> Token:
-        if self._ended:
-            raise StopAsyncIteration
-        return self._unpack(await self._q.get(), StopAsyncIteration)
-
-    def result(self) -> Completion:
-        """Wait for the whole sequence (handles submitted without a loop)."""
-        toks = list(self)
-        lp = None if not toks or toks[0].logprob is None else [t.logprob for t in toks]
-        return Completion([t.id for t in toks], self.finish_reason, lp, lp and [t.top_logprobs for t in toks])
 
 
 @dataclass(eq=False)
@@ -186,7 +91,7 @@ class Scheduler:
         self._joining: list[tuple[list[_Seq], KVCache, torch.Tensor]] = []  # prefilled, not yet merged
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._helper: concurrent.futures.ThreadPoolExecutor | None = None  # draws sampling noise
+        self._noise = NoiseDrawer(self.cfg.vocab_size)  # draws sampling noise beside each decode
         self._closed = False
         self.decode_calls = self.prefill_calls = self.finished = 0  # finished: rows that left, any reason
         self.decode_batch_sizes: collections.deque[int] = collections.deque(maxlen=100_000)  # rows per decode
@@ -262,20 +167,8 @@ class Scheduler:
                 "decode_calls": self.decode_calls,
                 "prefill_calls": self.prefill_calls,
                 "finished": self.finished,
-                **self._prefix_stats(),
+                **(self.prefix_cache.stats() if self.prefix_cache is not None else {}),
             }
-
-    def _prefix_stats(self) -> dict:
-        pc = self.prefix_cache
-        if pc is None:
-            return {}
-        return {
-            "prefix_cache_hits": pc.hits,
-            "prefix_cache_misses": pc.misses,
-            "prefix_cache_reused_tokens": pc.reused_tokens,
-            "prefix_cache_entries": len(pc),
-            "prefix_cache_bytes": pc.bytes,
-        }
 
     def _unqueue(self, handle: RequestHandle) -> None:
         with self._cv:  # a waiting request leaves the queue at once
@@ -302,9 +195,7 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._end_all("cancelled", None, waiting=True)
-        if self._helper is not None:
-            self._helper.shutdown(wait=False)
-            self._helper = None
+        self._noise.close()
 
     def _end_all(self, reason: str, error: BaseException | None, waiting: bool = False) -> None:
         with self._cv:
@@ -380,7 +271,7 @@ class Scheduler:
         # 6) one decode forward for every remaining row: its last token, at its own position
         nxt = torch.tensor([s.context[-1] for s in self._rows], dtype=torch.long)  # (B,)
         positions = torch.tensor([s.fed for s in self._rows])  # (B,)
-        noise = self._draw_noise_meanwhile()
+        noise = self._noise.start(self._rows)
         self._logits = self.engine.decode(self._cache, nxt, positions)  # (B, V)
         if noise is not None:
             noise()
@@ -398,55 +289,13 @@ class Scheduler:
         self._spec.append(s)
 
     def _advance_speculative(self) -> bool:
-        """One token for each speculative row (a verification forward only when its accepted drafts are used up);
-        rows that finished or were cancelled leave."""
         if not self._spec:
             return False
-        done = []
-        for s in self._spec:
-            if s.handle._cancelled.is_set():
-                s.spec.close()
-                s.handle._finish("cancelled")
-                done.append(s)
-                continue
-            try:
-                tid = next(s.spec)
-            except StopIteration:
-                s.handle._finish(s.out.finish_reason or "length")
-                done.append(s)
-                continue
-            tok = Token(tid)
-            if s.out.logprobs is not None:
-                tok.logprob, tok.top_logprobs = s.out.logprobs[-1], s.out.top_logprobs[-1]
-            s.tokens.append(tid)
-            s.handle.completion_tokens += 1
-            s.handle._put(tok)
-            if len(s.tokens) >= s.sample.max_new_tokens:  # end the stream now, not at the next step
-                s.spec.close()
-                s.handle._finish("length")
-                done.append(s)
+        done = advance_rows(self._spec)
         if done:
             self._spec = [s for s in self._spec if s not in done]
             self.finished += len(done)
         return True
-
-    def _draw_noise_meanwhile(self) -> Callable[[], None] | None:
-        """Start drawing the sampling noise of the next pick on a helper thread, so that it runs beside the decode
-        forward (on another core; the noise needs no logits): each sampling row's generator draws exactly what it
-        would draw at the pick. Returns the wait that stores it in the rows, or None when there is nothing to draw."""
-        rows = [s for s in self._rows if s.noise is None and s.sample.effective_temperature > 0]
-        if not rows or not S._fast_draws():
-            return None
-        if self._helper is None:
-            self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pocketgpt-sampling-noise")
-        job = self._helper.submit(S.draw_noise, self.cfg.vocab_size, [s.generator for s in rows])
-
-        def wait() -> None:
-            q = job.result()
-            for s, row in zip(rows, q):
-                s.noise = row
-
-        return wait
 
     def _prefill(self, seqs: list[_Seq], contexts: list[list[int]], store: bool = False) -> None:
         cache, logits = self.engine.prefill(contexts, bucket=True)  # few shapes: bounded oneDNN caches
@@ -460,25 +309,18 @@ class Scheduler:
             self._joining.append((seqs, cache, logits))
 
     def _prefill_from_cache(self, seqs: list[_Seq]) -> list[_Seq]:
-        """Rows whose prompt starts like a cached one: copy the cached keys and values, prefill only the rest (each
-        on its own one-row cache, which the merge packs into the batch). Returns the rows that missed."""
+        """Rows whose prompt starts like a cached one prefill only the rest, each on its own one-row cache (which
+        the merge packs into the batch). Returns the rows that missed."""
         missed = []
         for s in seqs:
-            hit = self.prefix_cache.lookup(s.context)
-            if hit is None:
+            got = prefill_with_prefix(self.prefix_cache, self.engine, s.context)
+            if got is None:
                 missed.append(s)
                 continue
-            n = hit.tokens
-            cache = KVCache(self.cfg, 1, dtype=self.engine.dtype, device=self.engine.device)
-            cache.k[:, 0, :, :n] = hit.k
-            cache.v[:, 0, :, :n] = hit.v
-            cache.pos = n
-            logits = self.engine.extend(cache, s.context[n:])
             self.prefill_calls += 1
-            self.prefix_cache.store(s.context, cache.k[:, 0, :, : cache.pos], cache.v[:, 0, :, : cache.pos])
             s.fed = len(s.context)
             with self._cv:
-                self._joining.append(([s], cache, logits))
+                self._joining.append(([s], *got))
         return missed
 
     def _merge(self) -> None:

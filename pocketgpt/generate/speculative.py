@@ -253,6 +253,38 @@ def run_speculative(
         yield from outs
 
 
+def advance_rows(rows) -> list:
+    """The scheduler's speculative rows (its _Seq objects, each running `decode_row` as `s.spec`): one token each
+    (a verification forward only when a row's accepted drafts are used up), handed to its request. Returns the rows
+    that finished or were cancelled."""
+    from pocketgpt.generate.handles import Token
+
+    done = []
+    for s in rows:
+        if s.handle._cancelled.is_set():
+            s.spec.close()
+            s.handle._finish("cancelled")
+            done.append(s)
+            continue
+        try:
+            tid = next(s.spec)
+        except StopIteration:
+            s.handle._finish(s.out.finish_reason or "length")
+            done.append(s)
+            continue
+        tok = Token(tid)
+        if s.out.logprobs is not None:
+            tok.logprob, tok.top_logprobs = s.out.logprobs[-1], s.out.top_logprobs[-1]
+        s.tokens.append(tid)
+        s.handle.completion_tokens += 1
+        s.handle._put(tok)
+        if len(s.tokens) >= s.sample.max_new_tokens:  # end the stream now, not at the next step
+            s.spec.close()
+            s.handle._finish("length")
+            done.append(s)
+    return done
+
+
 def decode_row(engine, prompt, sample, stop, should_stop, index, g, out: Completion, stats: SpecStats):
     """One sequence, speculatively: yields its tokens one by one while filling `out` (tokens, logprobs, finish
     reason) and `stats`. The engine's `_run` and the scheduler's speculative rows both drive it."""

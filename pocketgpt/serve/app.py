@@ -18,16 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint, prompt_bos
 from pocketgpt.config import ServeConfig
@@ -37,6 +34,7 @@ from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, Sc
 from pocketgpt.generate.structured import ConstraintFactory
 from pocketgpt.model.quant import is_quantized, quantize_model
 from pocketgpt.serve import extras
+from pocketgpt.serve.http import install_error_handlers, page_file, read_json, unknown_model
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, text_logprobs, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 
@@ -46,16 +44,7 @@ try:
 except ImportError:  # prometheus-client missing: /metrics says how to get it
     Metrics, METRICS_TYPE = None, ""
 
-DRAIN_BYTES = 16 << 20  # an oversized body is read (and dropped) up to this, so the client sees the 413
-STATIC = Path(__file__).with_name("static")
 PAGE_FILES = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}  # all it serves
-PAGE_HEADERS = {  # the page loads nothing from elsewhere and runs no inline script
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
 
 
 def model_id(ckpt: Checkpoint) -> str:
@@ -139,7 +128,7 @@ def create_app(
 
     app = FastAPI(title="pocketgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.served = served
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -162,34 +151,7 @@ def create_app(
             raise APIError(404, "/metrics needs prometheus-client: pip install 'pocketgpt[serve]'")
         return Response(served.metrics.render(), media_type=METRICS_TYPE)
 
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> dict:
-        served.check_key(request)
-        body = await read_json(request, served.limits.max_body_bytes)
-        text, special = extras.tokenize_request(body)
-        return {"tokens": served.tokenizer.encode(text, allowed_special="all" if special else frozenset())}
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> dict:
-        served.check_key(request)
-        body = await read_json(request, served.limits.max_body_bytes)
-        return {"content": served.tokenizer.decode(extras.token_list(body, "tokens", served.tokenizer.n_vocab))}
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> dict:
-        served.check_key(request)
-        body = await read_json(request, served.limits.max_body_bytes)
-        name = body.get("model") if isinstance(body, dict) else None
-        if isinstance(name, str) and name != served.name:
-            raise _unknown_model(name, served.name)
-        inputs, fmt = extras.embedding_request(body, served.tokenizer, served.block_size)
-        vectors = await asyncio.to_thread(extras.embed, served.model, inputs)
-        data = [
-            {"object": "embedding", "index": i, "embedding": extras.encode_vector(v, fmt)}
-            for i, v in enumerate(vectors)
-        ]
-        n = sum(len(x) for x in inputs)
-        return {"object": "list", "data": data, "model": served.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+    extras.install_routes(app, served)  # /tokenize, /detokenize, /v1/embeddings
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -200,18 +162,18 @@ def create_app(
     async def model(name: str, request: Request) -> dict:
         served.check_key(request)
         if name != served.name:
-            raise _unknown_model(name, served.name)
+            raise unknown_model(name, served.name)
         return served.model_card()
 
     @app.get("/")
     async def chat_page():
-        return _page_file("index.html", "text/html; charset=utf-8")
+        return page_file("index.html", "text/html; charset=utf-8")
 
     @app.get("/static/{name}")
-    async def page_file(name: str):
+    async def static_file(name: str):
         if name not in PAGE_FILES:  # a fixed list: no path from the request reaches the disk
             raise StarletteHTTPException(404)
-        return _page_file(name, PAGE_FILES[name])
+        return page_file(name, PAGE_FILES[name])
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -224,83 +186,12 @@ def create_app(
     return app
 
 
-def _page_file(name: str, media_type: str) -> FileResponse:
-    path = STATIC / name
-    if not path.is_file():
-        raise APIError(500, f"the chat page's file {name} is missing from this installation of pocketgpt")
-    return FileResponse(path, media_type=media_type, headers=PAGE_HEADERS)
-
-
-def _unknown_model(name: str, served: str) -> APIError:
-    return APIError(
-        404,
-        f"The model '{name[:100]}' does not exist; this server serves '{served}'.",
-        param="model",
-        code="model_not_found",
-    )
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse(bad("the request is malformed: check the parameters' names and types").body(), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        message = {
-            404: f"Unknown route {request.method} {request.url.path[:200]}",
-            405: f"Method {request.method} is not allowed on {request.url.path[:200]}",
-        }.get(exc.status_code, "request refused")
-        body = APIError(exc.status_code, message).body()
-        body["error"]["type"] = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):  # a bug: say so, leak nothing
-        return JSONResponse(APIError(500, "internal server error").body(), status_code=500)
-
-
-async def read_json(request: Request, limit: int):
-    """The body parsed as JSON, at most `limit` bytes (413 beyond: read and dropped up to DRAIN_BYTES)."""
-    declared = request.headers.get("content-length", "")
-    too_big = declared.isdigit() and int(declared) > limit
-    data, seen = bytearray(), 0
-    try:
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > limit:
-                too_big = True
-            if too_big:
-                data = bytearray()
-                if seen > max(DRAIN_BYTES, limit):
-                    break
-            else:
-                data += chunk
-    except ClientDisconnect:
-        raise bad("the client went away while sending the body") from None
-    if too_big:
-        raise APIError(
-            413, f"The request body is larger than this server's limit of {limit} bytes.", code="request_too_large"
-        )
-    try:
-        return json.loads(bytes(data))
-    except (ValueError, RecursionError):
-        raise bad(
-            "We could not parse the JSON body of your request: send a JSON object with "
-            "'Content-Type: application/json'."
-        ) from None
-
-
 async def _complete(request: Request, served: Served, *, chat: bool):
     served.check_key(request)
     body = await read_json(request, served.limits.max_body_bytes)
     name = body.get("model") if isinstance(body, dict) else None
     if isinstance(name, str) and name != served.name:
-        raise _unknown_model(name, served.name)
+        raise unknown_model(name, served.name)
     job = parse_job(
         body, served.tokenizer, served.block_size, served.limits, chat=chat, template=served.template, bos=served.bos
     )

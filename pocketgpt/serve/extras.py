@@ -12,10 +12,12 @@ before the head), in float32: the usual pooling for a decoder-only model. Every 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import numpy as np
 import torch
+from fastapi import Request
 
 from pocketgpt.serve.protocol import bad
 
@@ -116,3 +118,34 @@ def encode_vector(v: np.ndarray, fmt: str):
     if fmt == "base64":  # what the openai client decodes: little-endian float32
         return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
     return [float(x) for x in v]
+
+
+def install_routes(app, served) -> None:
+    """Add /tokenize, /detokenize and /v1/embeddings to the app (app.py's `Served` holds what they use)."""
+    from pocketgpt.serve.http import read_json, unknown_model
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        served.check_key(request)
+        body = await read_json(request, served.limits.max_body_bytes)
+        text, special = tokenize_request(body)
+        return {"tokens": served.tokenizer.encode(text, allowed_special="all" if special else frozenset())}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        served.check_key(request)
+        body = await read_json(request, served.limits.max_body_bytes)
+        return {"content": served.tokenizer.decode(token_list(body, "tokens", served.tokenizer.n_vocab))}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict:
+        served.check_key(request)
+        body = await read_json(request, served.limits.max_body_bytes)
+        name = body.get("model") if isinstance(body, dict) else None
+        if isinstance(name, str) and name != served.name:
+            raise unknown_model(name, served.name)
+        inputs, fmt = embedding_request(body, served.tokenizer, served.block_size)
+        vectors = await asyncio.to_thread(embed, served.model, inputs)
+        data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, fmt)} for i, v in enumerate(vectors)]
+        n = sum(len(x) for x in inputs)
+        return {"object": "list", "data": data, "model": served.name, "usage": {"prompt_tokens": n, "total_tokens": n}}

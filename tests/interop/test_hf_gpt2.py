@@ -27,7 +27,7 @@ from pocketgpt.interop import (  # noqa: E402
     convert_from_hf,
     convert_to_hf,
     from_hf_state_dict,
-    hf_gpt2,  # noqa: E402
+    hf_files,  # noqa: E402
     to_hf_state_dict,
 )
 from pocketgpt.interop.hf_tokenizer import load_hf_tokenizer, save_hf_tokenizer  # noqa: E402
@@ -429,7 +429,7 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_gpt2, "_hub_reachable", lambda endpoint, timeout=4.0: False)
+    monkeypatch.setattr(hf_files, "_hub_reachable", lambda endpoint, timeout=4.0: False)
     expect_error(tmp_path / "out", "could not download 'gpt2'.*offline", convert_from_hf, "gpt2")
 
 
