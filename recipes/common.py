@@ -3,7 +3,8 @@
 Lives here: reading a recipe's YAML (with its `quick:` overrides), the `Report` that times each stage and
 records its peak memory, building `TrainRun` / `FinetuneRun` from plain dicts (the library's own schema,
 so unknown keys are errors), greedy chat completion in batches, and the markdown tables.
-Not here: any training loop (the recipes call `pretrain` and `finetune`), the recipes themselves (run.py).
+Not here: any training loop (the recipes call `pretrain` and `finetune`), the recipes themselves (one module each,
+named after the recipe), argument parsing (run.py).
 """
 
 from __future__ import annotations
@@ -204,6 +205,24 @@ class Report:
         )
 
 
+def cost(stage: dict) -> dict:
+    """Wall time and memory (RSS at its start, peak during it) of a closed stage."""
+    return {k: stage[k] for k in ("wall_s", "rss_start_mb", "peak_rss_mb")}
+
+
+def mem(c: dict) -> str:
+    return f"{c['peak_rss_mb']:.0f} (+{c['peak_rss_mb'] - c['rss_start_mb']:.0f})"
+
+
+def final(run_dir: Path) -> dict:
+    """The figures a training run wrote into its final.json."""
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
 def _fmt_load(load: float | None) -> str:
     return "n/a" if load is None else f"{load:.2f}"
 
@@ -217,21 +236,36 @@ def table(header: list[str], rows: list[list]) -> str:
 # --- generation -----------------------------------------------------------------------------------
 
 
-def chat_complete(model, tokenizer, user_texts: list[str], *, max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy answers to single-turn user messages, decoded in batches of similar prompt lengths (float32)."""
+def chat_complete(
+    model,
+    tokenizer,
+    chats: list,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    stop: tuple[str, ...] = (),
+    strip: bool = True,
+) -> list[str]:
+    """Greedy answers, decoded in batches of similar prompt lengths (float32). Each of `chats` is a user message
+    (a string) or a conversation so far (a list of {"role", "content"}); the answer is the next assistant turn.
+    `stop`: strings that also end an answer (never part of it; with them, so do the role strings spelled out as text,
+    as the server does); `strip=False` keeps the answer's leading indentation (code)."""
     from pocketgpt.generate.text import TextGenerator
     from pocketgpt.tokenizer import chat
 
     gen = TextGenerator(model, tokenizer, device="cpu")
-    prompts = [chat.render_for_completion([{"role": "user", "content": t}], tokenizer) for t in user_texts]
+    convs = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in chats]
+    prompts = [chat.render_for_completion(c, tokenizer) for c in convs]
     stops = chat.stop_token_ids(tokenizer)
-    sample = SampleConfig(max_new_tokens=max_new_tokens, temperature=0)
+    sample = SampleConfig(
+        max_new_tokens=max_new_tokens, temperature=0, stop=chat.answer_stops(tuple(stop)) if stop else ()
+    )
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     for s in range(0, len(order), batch_size):
         chunk = order[s : s + batch_size]
         for i, row in zip(chunk, gen.complete_ids_batch([prompts[i] for i in chunk], sample, stops)):
-            out[i] = row[0].text.strip()
+            out[i] = row[0].text.strip() if strip else row[0].text.rstrip()
         print(f"  generated {min(s + batch_size, len(order))}/{len(order)}", flush=True)
     return out
 
@@ -239,8 +273,12 @@ def chat_complete(model, tokenizer, user_texts: list[str], *, max_new_tokens: in
 __all__ = [
     "Report",
     "chat_complete",
+    "cost",
+    "final",
     "finetune_run",
     "load_config",
+    "mem",
+    "pct",
     "table",
     "to_dict",
     "train_run",

@@ -129,8 +129,9 @@ def test_gsm8k_quick(tmp_path):
     assert m["exact_match"]["questions"] == 5 and 0 <= m["exact_match"]["correct"] <= 5
 
 
-def test_final_number():
-    spec = importlib.util.spec_from_file_location("recipes_run", SCRIPT)
+def test_final_number(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # the recipe modules import common.py beside them
+    spec = importlib.util.spec_from_file_location("recipes_gsm8k", ROOT / "recipes" / "gsm8k.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     final_number = module.final_number
