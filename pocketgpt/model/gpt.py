@@ -2,7 +2,7 @@
 
     1) token ids -> token embeddings                    wte
     2) + position information                           wpe (learned | sinusoidal | rope)
-    3) causal multi-head self-attention                 softmax(Q K^T / sqrt(d_k)) V, future masked
+    3) causal multi-head self-attention                 softmax(Q K^T / sqrt(d_k) + mask) V (attention.py)
     4) position-wise MLP                                Linear -> GELU/ReLU -> Linear
     5) residual connections and layer norms             x + f(LN(x)), pre-norm as in GPT-2
     6) N such blocks stacked                            h[0..n_layer-1]
@@ -13,7 +13,8 @@ trained table (step 1), it reads the whole context in parallel, and its only "de
 blocks whose attention is masked so token t sees tokens <= t. There is no encoder and no
 cross-attention, which is why `nn.Transformer` (encoder-decoder) is the wrong building block.
 
-This file is a pure nn.Module: no file I/O, optimizer, sampling or argv. Module names follow GPT-2
+Step 3's kernel choice (fused SDPA or the written-out formula) and masks live beside it in attention.py, in one
+function, `attend`. This file is a pure nn.Module: no file I/O, optimizer, sampling or argv. Module names follow GPT-2
 (wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head) so weight
 interop is a short rename table.
 """
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from pocketgpt.config import ModelConfig
+from pocketgpt.model.attention import attend, matmul_attention  # noqa: F401 (matmul_attention: its old home)
 from pocketgpt.model.head_loss import linear_cross_entropy
 from pocketgpt.model.kv_cache import KVCache
 from pocketgpt.model.positional import POSITIONAL, apply_rotary
@@ -49,21 +51,6 @@ ACTIVATIONS: dict[str, type[nn.Module] | callable] = {
 }
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d_k) + causal mask) V, written out: the articles' formula as three ops."""
-    T = q.size(-2)
-    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # True above the diagonal
-    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
-    return F.dropout(probs, dropout) @ v if dropout > 0 else probs @ v
-
-
-def _matmul_attention_pays(q: torch.Tensor) -> bool:
-    """On CPU in bf16, PyTorch's fused (flash) attention kernel is 2-4x slower than three bf16 matmuls for
-    contexts up to a few hundred tokens (measured: benchmarks/README.md); float32 and GPUs keep SDPA."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= 512
-
-
 class CausalSelfAttention(nn.Module):
     """Step 3: every token asks (q) each token up to itself (k) how relevant it is, and mixes their values (v)."""
 
@@ -82,26 +69,19 @@ class CausalSelfAttention(nn.Module):
         rot: tuple[torch.Tensor, torch.Tensor] | None,
         kv_cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+        probs: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3) each token's query, key and value: 3 x (B, T, C)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         if self.qk_norm:  # unit-RMS q and k per head
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
-        q, k = apply_rotary(q, rot), apply_rotary(k, rot)  # RoPE only; identity otherwise
-
+        q, k = apply_rotary(q, rot), apply_rotary(k, rot)  # 2) RoPE turns q and k; identity otherwise
+        # softmax(Q K^T / sqrt(d_k) + mask) V, the future (and any left padding) masked out: attention.py
         dropout = self.attn_dropout if self.training else 0.0
-        if kv_cache is None and _matmul_attention_pays(q):
-            y = matmul_attention(q, k, v, dropout)
-        elif kv_cache is None:  # training / full forward
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:
-            causal = kv_cache.pos == 0 and mask is None  # first chunk, no padding
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past+T, hs)
-            # softmax(Q K^T / sqrt(d_k)) V with the future (and any left padding) masked out
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and T > 1)
+        y = attend(q, k, v, cache=kv_cache, layer=self.layer_idx, mask=mask, dropout=dropout, probs=probs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -131,14 +111,25 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, rot, kv_cache: KVCache | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        rot,
+        kv_cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+        probs: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rot, kv_cache, mask)
-        x = x + self.mlp(self.ln_2(x))
+        x = x + self.attn(self.ln_1(x), rot, kv_cache, mask, probs)  # 3) attention, 5) residual around a pre-norm
+        x = x + self.mlp(self.ln_2(x))  # 4) MLP, 5) residual around a pre-norm
         return x
 
 
 class GPT(nn.Module):
+    """Steps 1-7. What the rest of pocketgpt relies on (generate, train, finetune, interop, explain) is this contract:
+    `hidden(idx, kv_cache=None, pos=None, attn_probs=None)` -> (B, T, C) final-normed hidden states;
+    `forward(idx, targets=None, kv_cache=None)` -> (logits, loss); `lm_head` (hidden -> logits); `config`; and
+    GPT-2's module names: transformer.wte, .wpe, .h[i].ln_1, .attn.c_attn, .attn.c_proj, .ln_2, .mlp.c_fc, .mlp.c_proj,
+    transformer.ln_f, lm_head."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -170,12 +161,18 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
     def hidden(
-        self, idx: torch.Tensor, kv_cache: KVCache | None = None, pos: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        pos: torch.Tensor | None = None,
+        *,
+        attn_probs: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Steps 1-6 and the final norm: token ids (B, T) -> hidden states (B, T, C).
 
         `pos` gives each token's position, (T,) or per row (B, T) for left-padded batches; by default the
-        positions follow the cache.
+        positions follow the cache. `attn_probs`: a list that gets each layer's attention weights appended,
+        (B, nh, T, past + T) per layer, computed by the written-out formula (model/attention.py).
         """
         B, T = idx.shape
         past = kv_cache.pos if kv_cache is not None else 0
@@ -183,20 +180,21 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds the context length {self.config.block_size}")
         if pos is None:
             pos = torch.arange(past, past + T, device=idx.device)  # (T,)
-        wpe = self.transformer.wpe
-        x = wpe.add_to_input(self.transformer.wte(idx), pos)  # (B, T, C)
-        x = self.transformer.drop(x)
-        rot = wpe.rotation(pos)  # (cos, sin) for RoPE, else None
+        tr = self.transformer
+        x = tr.wte(idx)  # 1) token embeddings: (B, T, C)
+        x = tr.wpe.add_to_input(x, pos)  # 2) + positions (learned, sinusoidal; RoPE adds nothing): (B, T, C)
+        x = tr.drop(x)
+        rot = tr.wpe.rotation(pos)  # 2) RoPE's (cos, sin) that attention turns q and k by; None otherwise
         mask = kv_cache.attn_mask(T) if kv_cache is not None else None  # one mask for every layer
         recompute = self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()
-        for block in self.transformer.h:
-            if recompute:  # keep only each block's input; redo its forward in backward
+        for block in tr.h:  # 6) N blocks, each 3) attention and 4) MLP with 5) residuals and layer norms
+            if recompute and attn_probs is None:  # keep only each block's input; redo its forward in backward
                 x = torch.utils.checkpoint.checkpoint(block, x, rot, use_reentrant=False)
             else:
-                x = block(x, rot, kv_cache, mask)  # (B, T, C)
+                x = block(x, rot, kv_cache, mask, attn_probs)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.transformer.ln_f(x)  # (B, T, C)
+        return tr.ln_f(x)  # 7) final norm: (B, T, C)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
@@ -207,10 +205,10 @@ class GPT(nn.Module):
         With `fused_loss` set (as training sets it) and targets given, the logits are never formed: the
         loss comes from the head and cross-entropy fused chunk by chunk, and logits is None.
         """
-        h = self.hidden(idx, kv_cache)  # (B, T, C)
+        h = self.hidden(idx, kv_cache)  # 1)-6) + final norm: (B, T, C)
         if targets is not None and self.fused_loss and type(self.lm_head) is nn.Linear:
             return None, linear_cross_entropy(h, self.lm_head.weight, targets)
-        logits = self.lm_head(h)  # (B, T, V)
+        logits = self.lm_head(h)  # 7) a score per vocabulary entry: (B, T, V); softmax lives in the loss / sampler
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
