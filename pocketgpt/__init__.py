@@ -3,7 +3,7 @@
     from pocketgpt import GPT, ModelConfig, Tokenizer, load_checkpoint, generate_text
 
 The public API; everything else is reachable through the subpackages (model, tokenizer, data, train,
-generate, checkpoint, evaluate, device, config).
+generate, checkpoint, evaluate, explain, device, config).
 """
 
 from pocketgpt.checkpoint import Checkpoint, load_checkpoint, load_tokenizer, save_checkpoint
@@ -18,6 +18,7 @@ from pocketgpt.config import (
 )
 from pocketgpt.errors import UserError
 from pocketgpt.evaluate import evaluate_tokens
+from pocketgpt.explain import explain_prompt, explain_tokens, token_report
 from pocketgpt.generate import generate_ids
 from pocketgpt.generate.text import generate_text
 from pocketgpt.model import GPT, KVCache
@@ -47,6 +48,9 @@ __all__ = [
     "generate_text",
     "generate_ids",
     "evaluate_tokens",
+    "explain_prompt",
+    "explain_tokens",
+    "token_report",
     "quantize_model",
     "quantize_checkpoint",
     "UserError",
