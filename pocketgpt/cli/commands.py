@@ -32,6 +32,7 @@ def dispatch(ns) -> int:
         "chat": cmd_chat,
         "serve": cmd_serve,
         "quantize": cmd_quantize,
+        "explain": cmd_explain,
     }[cmd](ns.get(cmd))
 
 
@@ -326,6 +327,12 @@ def cmd_merge(ns) -> int:
 
     print(f"wrote {merge_checkpoint(ns.checkpoint, ns.adapter, ns.out)}")
     return 0
+
+
+def cmd_explain(ns) -> int:
+    from pocketgpt.cli.explain import run_explain
+
+    return run_explain(ns)
 
 
 def cmd_chat(ns) -> int:

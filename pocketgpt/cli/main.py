@@ -16,6 +16,7 @@ from typing import Optional
 import jsonargparse
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from pocketgpt.cli.explain import explain_parser
 from pocketgpt.cli.fields import add_bos_flag, add_dataclass_flags, add_kernel_flags, add_quantize_flag
 from pocketgpt.config import (
     CorpusConfig,
@@ -314,6 +315,8 @@ def build_parser(argv: list[str]) -> ArgumentParser:
     )
     add_dataclass_flags(qz, RuntimeConfig, skip={"dtype"})  # float32 before; int8 as the engine runs it
     sub.add_subcommand("quantize", qz, help="quantize a checkpoint to int8, gated on bits per byte")
+
+    sub.add_subcommand("explain", explain_parser(), help="a prompt's tokens, next-token probabilities, attention maps")
 
     pl = ArgumentParser(exit_on_error=False, description="Draw loss.png from a run's metrics.jsonl.")
     pl.add_argument("run_dir", help="training run folder")
