@@ -114,8 +114,8 @@ def plot_next_token(
     out: Path | str,
 ) -> Path:
     """Two panels. Left: at each position t < T-1, the probability the model gave the token that actually came next
-    (bars, labelled with that token) and its most likely token's (dots). Right: the top-k next tokens after the last
-    one (`last_top`: (label, probability), most likely first)."""
+    (bars, labelled with that token; log scale) and its most likely token's (dots). Right: the top-k next tokens after
+    the last one (`last_top`: (label, probability), most likely first)."""
     n = len(p_next)
     with _pyplot() as plt:
         fig, (left, right) = plt.subplots(
@@ -131,16 +131,21 @@ def plot_next_token(
             left.bar(x, p_next, color="tab:blue", label="p(the token that came next)")
             left.plot(x, p_top, "o", color="tab:orange", ms=4, label="p(the most likely token)")
             if n <= 60:
-                left.set_xticks(x, [f"{a} → {b}" for a, b in zip(labels[:-1], labels[1:])], rotation=90, fontsize=6)
-            left.legend(loc="upper right", fontsize=7)
+                left.set_xticks(x, labels[1 : n + 1], rotation=90, fontsize=6)
+            left.set_xlabel("the token that came next", fontsize=8)
+            left.set_yscale("log")  # an untrained model's 1/V and a trained one's 0.9 both show
+            left.set_ylim(min(min(p_next), min(p_top)) / 2, 1.5)
+            left.legend(loc="best", fontsize=7)
         else:
             left.text(0.5, 0.5, "one token: nothing came after it", ha="center", va="center", transform=left.transAxes)
-        left.set_ylim(0, 1.05)
-        left.set_ylabel("probability (softmax of the logits)")
+        left.set_ylabel("probability (softmax of the logits, log scale)")
         left.set_title("next-token probability at each position", fontsize=10)
         left.grid(axis="y", alpha=0.3)
         names = [t for t, _ in last_top][::-1]
-        right.barh(range(len(names)), [p for _, p in last_top][::-1], color="tab:green")
+        values = [p for _, p in last_top][::-1]
+        right.barh(range(len(names)), values, color="tab:green")
+        for y, v in enumerate(values):
+            right.text(v + 0.01, y, f"{v:.3g}", va="center", fontsize=7)
         right.set_yticks(range(len(names)), names, fontsize=7)
         right.set_xlim(0, 1.0)
         right.set_title(f"after {after}: top {len(names)}", fontsize=10)
