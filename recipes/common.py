@@ -63,6 +63,21 @@ def finetune_run(section: dict, data: Path, out: Path, task: str) -> FinetuneRun
     return from_dict(FinetuneRun, {**section, "data": str(data), "out": str(out), "task": task})
 
 
+def base_checkpoint(cfg: dict, corpus: Path, out: Path, report, init: Path | None = None) -> tuple[Path, dict]:
+    """The checkpoint to fine-tune and its figures: `init` as given (e.g. GPT-2 converted with `pocketgpt convert
+    --from-hf`), else a model pre-trained on `corpus` into out/base (stage "pre-train": final.json, time, memory)."""
+    if init is not None:
+        from pocketgpt.checkpoint import load_checkpoint
+
+        print(f"--init {init}: fine-tuning that checkpoint, no pre-training")
+        return init, {"init": str(init), "parameters": load_checkpoint(init).model.num_params()}
+    from pocketgpt.train.pretrain import pretrain
+
+    with report.stage("pre-train") as st:
+        pretrain(train_run(cfg, corpus, out / "base"))
+    return out / "base", {**final(out / "base"), **cost(st), "parameters": trainable_parameters(out / "base")}
+
+
 def write_jsonl(path: Path, records) -> Path:
     """One JSON object per line, ASCII-escaped: readers that split lines with str.splitlines() would otherwise cut
     a record at a raw U+2028 / U+0085 inside a string (GSM8K has some)."""
@@ -272,6 +287,7 @@ def chat_complete(
 
 __all__ = [
     "Report",
+    "base_checkpoint",
     "chat_complete",
     "cost",
     "final",
