@@ -1,7 +1,7 @@
 """One token per row of a running batch, each row with its own sampling settings and generator.
 
-The scheduler's pick (scheduler.py, step 4): a row is anything with `sample` (SampleConfig), `generator`,
-`context` (ids so far), and the lazily made `counts` / `seen` / `noise` fields of `scheduler._Seq`. Rows sharing
+The decode loop's pick (rows.pick, scheduler.py step 4): a row is anything with `sample` (SampleConfig), `generator`,
+`context` (ids so far), and the lazily made `counts` / `seen` / `noise` fields of `rows.Row`. Rows sharing
 temperature / top_k / top_p / min_p are sampled together in one vectorised pass, drawing exactly what one
 `sampling.pick` per row would. Knows nothing of caches, queues or HTTP.
 """

@@ -1,44 +1,39 @@
-"""The engine: prefill the prompts once into a preallocated KV cache, then decode one token per step.
+"""The engine: the model calls of generation (prefill the prompts into a KV cache, decode one token per row), and
+`generate` / `stream`, which run the one decode loop (scheduler.py + rows.py) synchronously.
 
-`Engine(model)` owns the KV cache and drives the model; it takes and yields token ids and knows nothing of
-strings, HTTP or argv (stop strings are checked by the caller through `should_stop`). It does:
+`Engine(model)` drives its own working copy of the model (the caller's is never changed: see __init__); it takes
+and yields token ids and knows nothing of strings, HTTP or argv (stop strings are checked by the caller through
+`should_stop`). Through the scheduler it does:
 - batches of prompts of different lengths (left padding, per-row positions, a padding mask in the cache);
   each row gives what that prompt gives alone;
 - `num_samples` samples per prompt sharing one prefill, each row with its own seeded generator, so a
   request repeats exactly whatever else is in the batch;
 - every sampling option in `SampleConfig` (via the pure functions in sampling.py), log-probabilities;
-- beam search with Hugging Face's semantics (beam_search.py);
-- prompts longer than the context keep their last tokens; past the context the window slides;
-- speculative decoding at batch 1 (`SampleConfig.speculative`, `Engine(model, draft=...)`: speculative.py).
+- prompts longer than the context keep their last tokens; past the context each row's window slides;
+- speculative decoding (`SampleConfig.speculative`, `Engine(model, draft=...)`: speculative.py).
+Beam search (Hugging Face's semantics) is its own algorithm over `prefill` / `decode` (beam_search.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 
 from pocketgpt.config import SampleConfig
-from pocketgpt.generate import sampling as S
+from pocketgpt.errors import UserError
 from pocketgpt.generate.beam_search import beam_search
-from pocketgpt.generate.completion import Completion, bucket_length, crop_prompt
+from pocketgpt.generate.completion import Completion, bucket_length
 from pocketgpt.generate.int8_kernels import choose_int8, int8_activation_dtype
 from pocketgpt.generate.kernels import choose as choose_kernels
-from pocketgpt.generate.speculative import SpecStats, prepare_draft, run_speculative
+from pocketgpt.generate.kernels import working_copy
+from pocketgpt.generate.scheduler import Scheduler
+from pocketgpt.generate.speculative import SpecStats, prepare_draft
 from pocketgpt.model import KVCache
 from pocketgpt.model.quant import is_quantized
-
-
-@dataclass
-class _Row:
-    """One sequence being decoded."""
-
-    index: int  # position in the flat list of prompt x sample rows
-    context: list[int]  # every token the model has seen (prompt + generated)
-    generator: torch.Generator
-    out: Completion = field(default_factory=lambda: Completion([]))
 
 
 class Engine:
@@ -57,14 +52,16 @@ class Engine:
         `draft`: a smaller model with the same tokenizer for `SampleConfig(speculative="draft")` (moved to this
         device and dtype); `self.spec_stats` tells what the last speculative call drafted and accepted.
 
-        The model is converted in place (model.to(dtype)). A quantized model (int8 weights) computes in bf16 where
-        the hardware has it natively and float32 elsewhere, whatever `dtype` says (its int8 weights stay int8).
+        The caller's model is never changed: the engine works on `self.model`, a copy of its modules that shares
+        its weights (kernels.working_copy), put in eval mode and converted to `dtype` (only then are the weights
+        copied). A quantized model (int8 weights) computes in bf16 where the hardware has it natively and float32
+        elsewhere, whatever `dtype` says (its int8 weights stay int8).
         """
-        self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if is_quantized(model):  # int8 weights (model/quant.py): bf16 activations where native, float32 elsewhere
             dtype = int8_activation_dtype(self.device)
         self.dtype = dtype
+        self.model = working_copy(model).eval()
         if next(model.parameters()).dtype != dtype:
             self.model.to(dtype)
         self.cfg = model.config
@@ -115,7 +112,7 @@ class Engine:
         h = self.model.hidden(tokens[:, None].to(self.device), kv_cache=cache, pos=pos)  # (B, 1, C)
         return self.model.lm_head(h[:, -1]).float().cpu()
 
-    # --- sampling ----------------------------------------------------------------------------------
+    # --- sampling: the scheduler's loop, driven synchronously -------------------------------------
     def generate(
         self,
         prompts: list[list[int]],
@@ -128,12 +125,25 @@ class Engine:
 
         `should_stop(row, tokens)` is asked after every token (row = prompt index * num_samples + sample index);
         True ends that row with finish_reason "stop", keeping the token (the caller trims text).
+        All rows decode together in one Scheduler batch; each gives what it gives alone.
         """
         if sample.num_beams > 1:
             return [beam_search(self, p, sample, stop_ids) for p in prompts]
-        rows = list(self._run(prompts, sample, stop_ids, should_stop))
+        sched, handles = self._submit(prompts, sample, stop_ids, should_stop)
+        try:
+            while sched.step():
+                pass
+        finally:
+            sched.close()
+        want_lp = sample.logprobs or sample.top_logprobs > 0
+        rows = []
+        for h in handles:
+            c = h.result()
+            if want_lp and c.logprobs is None:  # no tokens: empty lists, as for any row that asked
+                c.logprobs, c.top_logprobs = [], []
+            rows.append(c)
         n = sample.num_samples
-        return [[rows[i * n + j] for j in range(n)] for i in range(len(prompts))]
+        return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def stream(
         self,
@@ -146,115 +156,42 @@ class Engine:
         """Yield the new tokens of one prompt as they are chosen (a stop token is not yielded)."""
         if sample.num_beams > 1 or sample.num_samples > 1:
             raise ValueError("streaming yields one sequence: use num_beams=1 and num_samples=1")
-        out: list[Completion] = []
-        yield from self._run([prompt], sample, stop_ids, should_stop, on_token=True, sink=out)
+        sched, (handle,) = self._submit([prompt], sample, stop_ids, should_stop)
+        try:
+            while True:
+                busy = sched.step()
+                for tok in handle.drain():
+                    yield tok.id
+                if handle.done or not busy:
+                    return
+        finally:  # also when the consumer stops early (a stop string, Ctrl-C)
+            sched.close()
 
-    def _run(self, prompts, sample: SampleConfig, stop_ids, should_stop, on_token: bool = False, sink=None):
-        if sample.speculative != "off":  # batch 1, row after row (speculative.py)
-            yield from run_speculative(self, prompts, sample, stop_ids, should_stop, on_token, sink)
-            return
-        n, temp = sample.num_samples, sample.effective_temperature
-        stop = set(stop_ids)
-        base_seed = sample.seed if sample.seed is not None else random.getrandbits(62)
-        rows = []
+    def _submit(self, prompts, sample: SampleConfig, stop_ids, should_stop):
+        """A Scheduler holding every row of these prompts at once, and their handles in prompt x sample order."""
+        if sample.speculative == "draft" and self.draft is None:
+            raise UserError(
+                "speculative='draft' needs a draft model: Engine(model, draft=small_model), "
+                "`pocketgpt generate --draft CKPT`"
+            )
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
-            ctx, _ = crop_prompt(list(p), self.cfg.block_size)
-            for j in range(n):
-                g = torch.Generator().manual_seed(base_seed + j)
-                rows.append(_Row(i * n + j, list(ctx), g))
-        want_lp = sample.logprobs or sample.top_logprobs > 0
-        for r in rows:
-            if want_lp:
-                r.out.logprobs, r.out.top_logprobs = [], []
-        V = self.cfg.vocab_size
-        track = sample.frequency_penalty != 0 or sample.presence_penalty != 0
-        counts = torch.zeros(len(rows), V) if track else None
-        seen = None
-        if sample.repetition_penalty != 1.0:
-            seen = torch.zeros(len(rows), V, dtype=torch.bool)
-            for k, r in enumerate(rows):
-                seen[k, r.context] = True
+        n = sample.num_samples
+        sched = Scheduler(self, max_batch=len(prompts) * n, max_queue=len(prompts) * n)
+        if sample.speculative != "off":
+            self.spec_stats = sched.spec_stats = SpecStats(sample.speculative)
+        if sample.seed is None:  # one seed for the call: sample j of every prompt draws from seed + j
+            sample = dataclasses.replace(sample, seed=random.getrandbits(62))
+        handles = []
+        for i, p in enumerate(prompts):
+            stop_i = None if should_stop is None else functools.partial(_row_stop, should_stop, i * n)
+            handles += sched.submit_all(p, sample, stop_ids, should_stop=stop_i)
+        return sched, handles
 
-        if sample.max_new_tokens == 0:
-            if not on_token:
-                yield from (r.out for r in rows)
-            return
-        # one prefill per prompt, shared by its n samples
-        cache, logits = self.prefill([rows[i * n].context for i in range(len(prompts))])
-        if n > 1:
-            cache, logits = cache.expand(n), logits.repeat_interleave(n, dim=0)
-        active = list(range(len(rows)))  # rows still decoding, in cache order
-        positions = torch.tensor([len(rows[k].context) for k in active]) if cache.valid is not None else None
-        while True:
-            x = logits  # (A, V) float32
-            x = S.add_logit_bias(x, sample.logit_bias)
-            if seen is not None:
-                x = S.repetition_penalty(x, seen[active], sample.repetition_penalty)
-            if counts is not None:
-                x = S.frequency_presence_penalty(x, counts[active], sample.frequency_penalty, sample.presence_penalty)
-            if temp == 0:
-                nxt = S.greedy(x)
-            else:
-                nxt = S.pick_rows(
-                    x,
-                    [rows[k].generator for k in active],
-                    temperature=temp,
-                    top_k=sample.top_k,
-                    top_p=sample.top_p,
-                    min_p=sample.min_p,
-                )  # each row its own generator
-            if want_lp:
-                lp, top_ids, top_vals = S.top_logprobs(logits, nxt, sample.top_logprobs)
-            finished = []
-            for a, k in enumerate(active):
-                tok, r = int(nxt[a]), rows[k]
-                if tok in stop:
-                    r.out.finish_reason = "stop"
-                    finished.append(a)
-                    continue
-                r.out.tokens.append(tok)
-                r.context.append(tok)
-                if want_lp:
-                    r.out.logprobs.append(float(lp[a]))
-                    r.out.top_logprobs.append(list(zip(top_ids[a].tolist(), top_vals[a].tolist())))
-                if counts is not None:
-                    counts[k, tok] += 1
-                if seen is not None:
-                    seen[k, tok] = True
-                if on_token:
-                    yield tok
-                if should_stop is not None and should_stop(r.index, r.out.tokens):
-                    r.out.finish_reason = "stop"
-                    finished.append(a)
-                elif len(r.out.tokens) >= sample.max_new_tokens:
-                    r.out.finish_reason = "length"
-                    finished.append(a)
-            if finished:
-                done = set(finished)
-                keep = [a for a in range(len(active)) if a not in done]
-                if not keep:
-                    break
-                active = [active[a] for a in keep]
-                keep_t = torch.tensor(keep)
-                cache, nxt = cache.select(keep_t.to(cache.k.device)), nxt[keep_t]
-                if positions is not None:
-                    positions = positions[keep_t]
-            if cache.pos >= cache.max_len:  # context full: slide the window
-                window = max(1, self.cfg.block_size // 2)
-                cache, logits = self.prefill([rows[k].context[-window:] for k in active])
-                positions = (
-                    torch.tensor([len(rows[k].context[-window:]) for k in active]) if cache.valid is not None else None
-                )
-                continue
-            logits = self.decode(cache, nxt, positions)
-            if positions is not None:
-                positions = positions + 1
-        if sink is not None:
-            sink.extend(r.out for r in rows)
-        if not on_token:
-            yield from (r.out for r in rows)
+
+def _row_stop(should_stop, offset: int, j: int, tokens: list[int]) -> bool:
+    return should_stop(offset + j, tokens)  # the scheduler numbers a request's samples j; the engine, every row
 
 
 def generate_ids(

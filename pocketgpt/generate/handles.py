@@ -83,6 +83,27 @@ class RequestHandle:
             raise stop if item is _END else item
         return item
 
+    @property
+    def done(self) -> bool:
+        """Every token has been consumed (the end was reached by iterating or `drain`)."""
+        return self._ended
+
+    def drain(self) -> list[Token]:
+        """The tokens ready now, without waiting (a synchronous driver calls it between `Scheduler.step()`s)."""
+        out = []
+        while not self._ended:
+            try:
+                item = self._q.get_nowait()
+            except (queue.Empty, asyncio.QueueEmpty):
+                break
+            if item is _END or isinstance(item, BaseException):
+                self._ended = True
+                if item is not _END:
+                    raise item
+                break
+            out.append(item)
+        return out
+
     def __iter__(self) -> RequestHandle:
         return self
 

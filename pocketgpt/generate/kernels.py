@@ -10,11 +10,13 @@ cached per CPU model + torch version + threads + dtype + shape in `$POCKETGPT_CA
 Candidates: `linear` (F.linear: PyTorch's own MKL / oneDNN path) and, for float32 on a CPU, `split` (the rows in
 equal chunks through one `torch.bmm`, which spreads a GEMV over the cores). `mode` overrides: `linear` or `split`
 for every shape. On a GPU there is nothing to choose: `linear`.
-What does not live here: the kernels themselves (gemv.py), the decode loop (engine.py).
+`working_copy(model)` is what the engine installs them on: the caller's model is never changed.
+What does not live here: the kernels themselves (gemv.py), the decode loop (scheduler.py).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +29,23 @@ from pocketgpt.errors import UserError
 from pocketgpt.generate.gemv import SplitGemvLinear, split_gemv
 
 MODES = ("auto", "linear", "split")
+
+
+def working_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s modules that shares its weights: new module objects (so eval mode, a changed dtype, a
+    swapped kernel class or an int8 layer's chosen kernel stay on the copy) holding new Parameter objects over the
+    same storage, and the same buffers and other tensors (so no weight is copied, and in-place updates of the
+    original, e.g. by an optimizer, show in the copy). Tied weights stay tied."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo.setdefault(id(p), nn.Parameter(p.detach(), requires_grad=False))
+    for m in model.modules():
+        for value in vars(m).values():  # buffers and any other tensors a module keeps (e.g. a packed weight)
+            items = value.values() if isinstance(value, dict) else (value,)
+            for t in items:
+                if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
+                    memo.setdefault(id(t), t)
+    return copy.deepcopy(model, memo)
 
 
 @dataclass

@@ -1,17 +1,22 @@
-"""Continuous batching: many requests decoded together, each joining and leaving between decode steps.
+"""The one decode loop: many sequences decoded together, each joining and leaving between decode steps.
 
-`Scheduler(engine)` owns the running batch: a list of sequences, one batched KV cache with one row per sequence,
-and the logits of each row's next token. Each `step()`:
+`Engine.generate` / `Engine.stream` drive it synchronously (submit, then `step()` until done); the server drives it
+from a background thread (`start()`), requests joining whenever they arrive (continuous batching). So every
+decoding feature (seeds, penalties, stop ids, max tokens, the half-context slide, logprobs, grammars, speculative
+rows, prefix reuse) is written once, here and in rows.py. Beam search is a different algorithm (beam_search.py).
+
+`Scheduler(engine)` owns the running batch: a list of rows (rows.py), one batched KV cache with one row per
+sequence, and the logits of each row's next token. Each `step()`:
     1) drops cancelled requests;
-    2) admits waiting requests into free rows (at most `max_batch` rows) with one batched prefill;
+    2) admits waiting requests into free rows (at most `max_batch` rows) with one batched prefill (rows with the
+       same prompt, a request's samples, share one prefilled row);
     3) merges new rows (and rows whose window slid) into the batch cache;
-    4) picks one token per row with that row's own SampleConfig and torch.Generator (rows sharing settings in one
-       vectorised pass), hands it to the request, and retires rows that hit a stop id, `should_stop` or their max
-       tokens;
-    5) re-prefills the last half-context of rows that filled the context (the engine's sliding window);
+    4) picks one token per row with that row's own SampleConfig and torch.Generator (rows.pick: rows sharing
+       settings in one vectorised pass), hands it to the request, and retires rows that hit a stop id,
+       `should_stop` or their max tokens;
+    5) re-prefills the last half-context of rows that filled the context (the sliding window);
     6) runs ONE decode forward for all remaining rows, while a helper thread draws the sampling noise of their next
        pick from their generators (the same numbers the pick would draw; it needs no logits).
-A background thread (`start()`) calls `step()` whenever there is work; tests may call `step()` themselves instead.
 
 Speculative requests take a row of `max_batch` but not of the batch cache: each runs speculative.py's batch-1 loop
 on its own KV cache, one token per `step()`, with that path's output (greedy = plain greedy, seeded runs repeat).
@@ -22,7 +27,8 @@ The cache layout. KVCache writes every row at the same slot (`pos`), so rows are
 and each row decodes at its own position (`fed`). When rows join, the batch is rebuilt by copying every row's
 live slots into a fresh cache aligned to the longest row (`_pack`), which also drops padding no row needs; rows
 that leave are removed with `KVCache.select`; a full cache is repacked the same way. A row therefore computes
-exactly what it would alone (greedy results equal `Engine.generate` on that prompt alone; seeded samples repeat).
+exactly what it would alone (tests/generate/test_scheduler.py checks rows against a batch of one and against a
+plain full-forward decode; seeded samples repeat whatever else is in the batch).
 
 Knows only token ids: no strings, HTTP or argv (stop strings are the caller's, through `should_stop`).
 """
@@ -36,59 +42,39 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import torch
 
 from pocketgpt.config import SampleConfig
-from pocketgpt.generate import sampling as S
-from pocketgpt.generate.batch_sampling import NoiseDrawer, choose_tokens
+from pocketgpt.generate.batch_sampling import NoiseDrawer
 from pocketgpt.generate.completion import Completion, crop_prompt
-from pocketgpt.generate.engine import Engine
 from pocketgpt.generate.handles import QueueFull, RequestHandle, SchedulerClosed, Token  # noqa: F401  (public here)
 from pocketgpt.generate.prefix_cache import PrefixCache, prefill_with_prefix
+from pocketgpt.generate.rows import Row, pick
 from pocketgpt.generate.speculative import SpecStats, advance_rows, decode_row
 from pocketgpt.model import KVCache
 
 
-@dataclass(eq=False)
-class _Seq:
-    """One row of the batch: its request, its tokens and its sampling state."""
-
-    handle: RequestHandle
-    sample: SampleConfig
-    stop: frozenset[int]
-    should_stop: Callable[[int, list[int]], bool] | None
-    context: list[int]  # every token the model has seen (prompt + generated)
-    generator: torch.Generator
-    tokens: list[int] = field(default_factory=list)  # generated so far
-    fed: int = 0  # tokens of this row in the cache
-    counts: torch.Tensor | None = None  # (V,) generated-token counts, for frequency/presence
-    seen: torch.Tensor | None = None  # (V,) bool, tokens in the text, for repetition_penalty
-    noise: torch.Tensor | None = None  # (V,) its generator's next draw, made during a decode
-    constraint: object | None = None  # structured output: the grammar state (structured.Constraint)
-    spec: object | None = None  # speculative rows: the running batch-1 loop (a generator of tokens)
-    out: Completion | None = None  # speculative rows: what the loop has produced (tokens, logprobs, finish)
-
-
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_batch: int = 8, max_queue: int = 64, prefix_cache_mb: float = 0):
-        """`engine`: an Engine (or a model, wrapped in one). `max_batch` rows decode together; `max_queue`
+    def __init__(self, engine, *, max_batch: int = 8, max_queue: int = 64, prefix_cache_mb: float = 0):
+        """`engine`: an Engine (generate/engine.py). `max_batch` rows decode together; `max_queue`
         requests may wait for a row before `submit` raises QueueFull. `prefix_cache_mb` > 0 keeps recent prompts'
         keys and values (prefix_cache.py) so that a prompt sharing their start prefills only the rest."""
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch} and {max_queue}")
-        self.engine = engine if isinstance(engine, Engine) else Engine(engine)
+        if isinstance(engine, torch.nn.Module):  # engine.py imports this module, so it cannot be imported here
+            raise TypeError("Scheduler takes an Engine: Scheduler(Engine(model))")
+        self.engine = engine
         self.cfg = self.engine.cfg
         self.max_batch, self.max_queue = max_batch, max_queue
-        self._waiting: collections.deque[_Seq] = collections.deque()
-        self._rows: list[_Seq] = []  # the batch, in cache order
-        self._spec: list[_Seq] = []  # speculative rows, each on its own cache
+        self._waiting: collections.deque[Row] = collections.deque()
+        self._rows: list[Row] = []  # the batch, in cache order
+        self._spec: list[Row] = []  # speculative rows, each on its own cache
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.spec_stats = SpecStats("mixed")  # drafted / accepted tokens of every speculative row so far
         self._cache: KVCache | None = None
         self._logits: torch.Tensor | None = None  # (len(rows), V): each row's next-token logits
-        self._joining: list[tuple[list[_Seq], KVCache, torch.Tensor]] = []  # prefilled, not yet merged
+        self._joining: list[tuple[list[Row], KVCache, torch.Tensor]] = []  # prefilled, not yet merged
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._noise = NoiseDrawer(self.cfg.vocab_size)  # draws sampling noise beside each decode
@@ -136,7 +122,7 @@ class Scheduler:
         ctx, _ = crop_prompt([int(t) for t in prompt_ids], self.cfg.block_size)
         base_seed = sample.seed if sample.seed is not None else random.getrandbits(62)
         seqs = [
-            _Seq(
+            Row(
                 RequestHandle(j, len(ctx), loop, self._unqueue),
                 sample,
                 frozenset(stop_ids),
@@ -257,7 +243,7 @@ class Scheduler:
             return bool(new) or ran_spec
         # 4) one token per row; finished rows leave
         self._pick()
-        # 5) rows that filled the context re-prefill their last half-context (as Engine does alone)
+        # 5) rows that filled the context re-prefill their last half-context
         full = [a for a, s in enumerate(self._rows) if s.fed >= self.cfg.block_size]
         if full:
             slid = [self._rows[a] for a in full]
@@ -281,7 +267,7 @@ class Scheduler:
             s.fed += 1
         return True
 
-    def _start_speculative(self, s: _Seq) -> None:
+    def _start_speculative(self, s: Row) -> None:
         s.out = Completion([])
         s.spec = decode_row(
             self.engine, s.context, s.sample, s.stop, s.should_stop, s.handle.index, s.generator, s.out, self.spec_stats
@@ -297,18 +283,26 @@ class Scheduler:
             self.finished += len(done)
         return True
 
-    def _prefill(self, seqs: list[_Seq], contexts: list[list[int]], store: bool = False) -> None:
-        cache, logits = self.engine.prefill(contexts, bucket=True)  # few shapes: bounded oneDNN caches
+    def _prefill(self, seqs: list[Row], contexts: list[list[int]], store: bool = False) -> None:
+        """One batched prefill; rows with the same context (a request's samples) share one row of it."""
+        unique: dict[tuple[int, ...], int] = {}
+        order = [unique.setdefault(tuple(c), len(unique)) for c in contexts]
+        firsts = [list(c) for c in unique]
+        cache, logits = self.engine.prefill(firsts, bucket=True)  # few shapes: bounded oneDNN caches
         self.prefill_calls += 1
-        for b, (s, c) in enumerate(zip(seqs, contexts)):
-            s.fed = len(c)
+        for b, c in enumerate(firsts):
             if store:  # row b's prompt fills the last len(c) slots (left padding before it)
                 sl = slice(cache.pos - len(c), cache.pos)
                 self.prefix_cache.store(c, cache.k[:, b, :, sl], cache.v[:, b, :, sl])
+        if len(firsts) < len(contexts):
+            idx = torch.tensor(order)
+            cache, logits = cache.select(idx.to(cache.k.device)), logits[idx]
+        for s, c in zip(seqs, contexts):
+            s.fed = len(c)
         with self._cv:
             self._joining.append((seqs, cache, logits))
 
-    def _prefill_from_cache(self, seqs: list[_Seq]) -> list[_Seq]:
+    def _prefill_from_cache(self, seqs: list[Row]) -> list[Row]:
         """Rows whose prompt starts like a cached one prefill only the rest, each on its own one-row cache (which
         the merge packs into the batch). Returns the rows that missed."""
         missed = []
@@ -333,7 +327,7 @@ class Scheduler:
         self._rows = [s for _, rows in parts for s in rows]
         self._logits = torch.cat(logits)  # (B, V)
 
-    def _pack(self, parts: list[tuple[KVCache, list[_Seq]]]) -> KVCache:
+    def _pack(self, parts: list[tuple[KVCache, list[Row]]]) -> KVCache:
         """One cache holding every part's rows, right-aligned at pos = the longest row; padding masked. Its
         capacity is twice that (at least 64 more, at most the context): copies scale with the text, not the context,
         and a full cache is repacked (step 5) about once per doubling."""
@@ -353,39 +347,8 @@ class Scheduler:
         return out
 
     def _pick(self) -> None:
-        """Choose each row's next token from its logits, hand it over, retire the rows that finished."""
-        finished: dict[int, str] = {}
-        logits = self._logits.float().cpu()  # (B, V): the generators live on the CPU
-        for a, s in enumerate(self._rows):
-            if s.constraint is not None:
-                s.constraint.mask(logits[a])  # forbidden tokens to -inf, before penalties and sampling
-        ids = choose_tokens(self._rows, logits)
-        for a, (s, tid) in enumerate(zip(self._rows, ids)):
-            if tid in s.stop:
-                finished[a] = "stop"
-                continue
-            tok = Token(tid)
-            sp = s.sample
-            if sp.logprobs or sp.top_logprobs > 0:
-                lp, top_ids, top_vals = S.top_logprobs(logits[a : a + 1], torch.tensor([tid]), sp.top_logprobs)
-                tok.logprob = float(lp[0])
-                tok.top_logprobs = list(zip(top_ids[0].tolist(), top_vals[0].tolist()))
-            s.tokens.append(tid)
-            s.context.append(tid)
-            if s.counts is not None:
-                s.counts[tid] += 1
-            if s.seen is not None:
-                s.seen[tid] = True
-            s.handle.completion_tokens += 1
-            s.handle._put(tok)
-            if s.constraint is not None:
-                s.constraint.consume(tid)
-            if s.constraint is not None and s.constraint.done:
-                finished[a] = "stop"  # the grammar is complete: nothing else may follow
-            elif s.should_stop is not None and s.should_stop(s.handle.index, s.tokens):
-                finished[a] = "stop"
-            elif len(s.tokens) >= s.sample.max_new_tokens:
-                finished[a] = "length"
+        """Choose each row's next token from its logits, hand it over, retire the rows that finished (rows.py)."""
+        finished = pick(self._rows, self._logits)
         for a, reason in finished.items():
             self._rows[a].handle._finish(reason)
         self.finished += len(finished)

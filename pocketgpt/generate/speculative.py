@@ -15,15 +15,13 @@ p0..pk; the cache then forgets the rejected drafts (`KVCache.rollback`).
 p and q are what plain sampling draws from: logit bias, repetition / frequency / presence penalties (the drafted
 tokens counted as if generated), temperature, top-k, top-p, min-p, through sampling.py's functions. Draws come from
 the row's seeded generator, so a seed repeats the text (not plain sampling's text: the draws differ). Past the
-context the window slides where and as the engine's does. Rows (prompts x samples) run one after another.
-What does not live here: the plain batched decode loop (engine.py), continuous batching (scheduler.py, which runs
-speculative requests through `decode_row` one token per step).
+context the window slides where and as plain decoding's does. Each speculative row runs on its own KV cache.
+What does not live here: the decode loop (scheduler.py, which runs speculative rows through `decode_row`, one
+token per step, beside its batched rows; Engine.generate / stream drive it).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +51,7 @@ class SpecStats:
 def prepare_draft(draft, cfg, device: torch.device, dtype: torch.dtype, kernels: str):
     """The draft model on the engine's device and dtype, its batch-1 kernels chosen; its vocabulary must be the
     model's (a draft model shares the tokenizer)."""
-    from pocketgpt.generate.kernels import choose
+    from pocketgpt.generate.kernels import choose, working_copy
 
     dv = draft.config.vocab_size
     if dv != cfg.vocab_size:
@@ -61,7 +59,7 @@ def prepare_draft(draft, cfg, device: torch.device, dtype: torch.dtype, kernels:
             f"the draft model has a vocabulary of {dv} tokens, the model {cfg.vocab_size}: "
             "a draft model must use the same tokenizer"
         )
-    draft = draft.eval().to(device=device, dtype=dtype)
+    draft = working_copy(draft).eval().to(device=device, dtype=dtype)  # the caller's draft model stays as it was
     choose(draft, kernels)
     return draft
 
@@ -218,43 +216,8 @@ class ModelDrafter:
         return drafts, (None if qs[0] is None else torch.stack(qs))
 
 
-def run_speculative(
-    engine,
-    prompts: list[list[int]],
-    sample: SampleConfig,
-    stop_ids,
-    should_stop: Callable[[int, list[int]], bool] | None,
-    on_token: bool,
-    sink: list | None,
-) -> Iterator:
-    """The engine's `_run` for speculative decoding: yields each row's tokens (on_token) or its Completions."""
-    if sample.speculative == "draft" and engine.draft is None:
-        raise UserError(
-            "speculative='draft' needs a draft model: Engine(model, draft=small_model), `pocketgpt generate --draft CKPT`"
-        )
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i} is empty: give at least one token")
-    stats = engine.spec_stats = SpecStats(sample.speculative)
-    stop = set(stop_ids)
-    base_seed = sample.seed if sample.seed is not None else random.getrandbits(62)
-    n, outs = sample.num_samples, []
-    for i, p in enumerate(prompts):
-        for j in range(n):
-            out = Completion([])
-            outs.append(out)
-            g = torch.Generator().manual_seed(base_seed + j)  # as the engine seeds row j of each prompt
-            for tok in decode_row(engine, list(p), sample, stop, should_stop, i * n + j, g, out, stats):
-                if on_token:
-                    yield tok
-    if sink is not None:
-        sink.extend(outs)
-    if not on_token:
-        yield from outs
-
-
 def advance_rows(rows) -> list:
-    """The scheduler's speculative rows (its _Seq objects, each running `decode_row` as `s.spec`): one token each
+    """The scheduler's speculative rows (rows.Row objects, each running `decode_row` as `s.spec`): one token each
     (a verification forward only when a row's accepted drafts are used up), handed to its request. Returns the rows
     that finished or were cancelled."""
     from pocketgpt.generate.handles import Token
@@ -287,7 +250,7 @@ def advance_rows(rows) -> list:
 
 def decode_row(engine, prompt, sample, stop, should_stop, index, g, out: Completion, stats: SpecStats):
     """One sequence, speculatively: yields its tokens one by one while filling `out` (tokens, logprobs, finish
-    reason) and `stats`. The engine's `_run` and the scheduler's speculative rows both drive it."""
+    reason) and `stats`. The scheduler's speculative rows drive it (Engine.generate / stream run through those)."""
     bs = engine.cfg.block_size
     ctx, _ = crop_prompt(prompt, bs)
     want_lp = sample.logprobs or sample.top_logprobs > 0

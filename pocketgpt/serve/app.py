@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,10 +33,13 @@ from pocketgpt.generate.engine import Engine
 from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, SchedulerClosed, Token
 from pocketgpt.generate.structured import ConstraintFactory
 from pocketgpt.model.quant import is_quantized, quantize_model
-from pocketgpt.serve import extras
+from pocketgpt.serve import extras, schemas
 from pocketgpt.serve.http import install_error_handlers, page_file, read_json, unknown_model
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, text_logprobs, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
+from pocketgpt.serve.schemas import body
+
+ERRORS = {200: schemas.OK_OR_STREAM, **schemas.errors(400, 401, 404, 413, 429, 503)}
 
 try:
     from pocketgpt.serve.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -126,7 +129,7 @@ def create_app(
         served.state = "draining"
         scheduler.close()
 
-    app = FastAPI(title="pocketgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="pocketgpt", lifespan=lifespan, docs_url=None, redoc_url=None)  # /openapi.json
     app.state.served = served
     install_error_handlers(app)
 
@@ -145,7 +148,7 @@ def create_app(
         body.update(model=served.name, **scheduler.stats())
         return JSONResponse(body, status_code=200 if served.state == "ready" else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # Prometheus' text format
     async def metrics():
         if served.metrics is None:
             raise APIError(404, "/metrics needs prometheus-client: pip install 'pocketgpt[serve]'")
@@ -165,21 +168,21 @@ def create_app(
             raise unknown_model(name, served.name)
         return served.model_card()
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)  # the chat page: for browsers, not in the API's schema
     async def chat_page():
         return page_file("index.html", "text/html; charset=utf-8")
 
-    @app.get("/static/{name}")
+    @app.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str):
         if name not in PAGE_FILES:  # a fixed list: no path from the request reaches the disk
             raise StarletteHTTPException(404)
         return page_file(name, PAGE_FILES[name])
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=body(schemas.COMPLETION), responses=ERRORS)
     async def completions(request: Request):
         return await _complete(request, served, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=body(schemas.CHAT), responses=ERRORS)
     async def chat_completions(request: Request):
         return await _complete(request, served, chat=True)
 

@@ -122,22 +122,27 @@ def encode_vector(v: np.ndarray, fmt: str):
 
 def install_routes(app, served) -> None:
     """Add /tokenize, /detokenize and /v1/embeddings to the app (app.py's `Served` holds what they use)."""
+    from pocketgpt.serve import schemas
     from pocketgpt.serve.http import read_json, unknown_model
 
-    @app.post("/tokenize")
+    errors = schemas.errors(400, 401, 413)
+
+    @app.post("/tokenize", openapi_extra=schemas.body(schemas.TOKENIZE), responses=errors)
     async def tokenize(request: Request) -> dict:
         served.check_key(request)
         body = await read_json(request, served.limits.max_body_bytes)
         text, special = tokenize_request(body)
         return {"tokens": served.tokenizer.encode(text, allowed_special="all" if special else frozenset())}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", openapi_extra=schemas.body(schemas.DETOKENIZE), responses=errors)
     async def detokenize(request: Request) -> dict:
         served.check_key(request)
         body = await read_json(request, served.limits.max_body_bytes)
         return {"content": served.tokenizer.decode(token_list(body, "tokens", served.tokenizer.n_vocab))}
 
-    @app.post("/v1/embeddings")
+    @app.post(
+        "/v1/embeddings", openapi_extra=schemas.body(schemas.EMBEDDINGS), responses=schemas.errors(400, 401, 404, 413)
+    )
     async def embeddings(request: Request) -> dict:
         served.check_key(request)
         body = await read_json(request, served.limits.max_body_bytes)

@@ -143,6 +143,7 @@ def test_stop_string_across_tokens_is_never_emitted(byte_tok):
     gen = TextGenerator(model, byte_tok)
     out = gen.complete([""], SampleConfig(max_new_tokens=50, temperature=0, stop=("world",)))[0][0]
     assert out.text == "hello " and out.finish_reason == "stop"
+    model = gen.engine.model  # the engine drives its own copy of the model (the caller's is never changed)
     model.calls = 0
     pieces = list(gen.stream("", SampleConfig(max_new_tokens=50, temperature=0, stop=("world", "zz"))))
     assert "".join(pieces) == "hello "
@@ -214,3 +215,50 @@ def test_a_bucketed_prefill_gives_the_same_next_token_logits(tiny_model):
     assert cache.pos == bucket_length(5) and torch.allclose(lg, want, atol=1e-5)
     eng.bucket_prefill = False
     assert eng.prefill(prompts, bucket=True)[0].pos == 5
+
+
+def reference_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding with no KV cache, no batch and no scheduler: a full forward over the window every token. The
+    window rule is the one every decoder here follows: the prompt keeps its last block_size - 1 tokens; when the
+    window holds block_size tokens, it restarts from the last block_size // 2."""
+    bs = model.config.block_size
+    ctx, start, out = list(prompt[-(bs - 1) :]), 0, []
+    for _ in range(n):
+        if len(ctx) - start > bs:
+            start = len(ctx) - bs // 2
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([ctx[start:]]))
+        out.append(int(logits[0, -1].argmax()))
+        ctx.append(out[-1])
+    return out
+
+
+def test_the_decode_loop_equals_a_plain_full_forward_decode(tiny_model):
+    """The one decode loop (scheduler rows, KV cache, padding, per-row windows) against `reference_greedy`: a batch of
+    prompts of different lengths, run past the context (block_size 64) so every row's window slides."""
+    prompts = [[1, 2], list(range(3, 50)), [7] * 80]  # the last is longer than the context: cropped
+    out = Engine(tiny_model).generate(prompts, SampleConfig(max_new_tokens=100, temperature=0))
+    for p, rows in zip(prompts, out):
+        assert rows[0].tokens == reference_greedy(tiny_model, p, 100)
+
+
+def test_the_engine_never_changes_the_callers_model(tiny_cfg):
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    classes = [type(m) for m in model.modules()]
+    eng = Engine(model, dtype=torch.bfloat16, kernels="linear")
+    eng.generate([[1, 2, 3]], SampleConfig(max_new_tokens=4, temperature=0))
+    assert model.training and [type(m) for m in model.modules()] == classes
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert next(eng.model.parameters()).dtype == torch.bfloat16 and not eng.model.training
+
+    f32 = Engine(model, kernels="split")  # every Linear becomes a SplitGemvLinear: on the engine's copy only
+    assert [type(m) for m in model.modules()] == classes
+    assert any(type(m).__name__ == "SplitGemvLinear" for m in f32.model.modules())
+    # same dtype: the copy shares the weights (no second copy), so the engine sees the caller's updates
+    w, w2 = model.transformer.wte.weight, f32.model.transformer.wte.weight
+    assert w.data_ptr() == w2.data_ptr() and w2 is not w
+    with torch.no_grad():
+        w.add_(1.0)
+    assert torch.equal(w, w2)

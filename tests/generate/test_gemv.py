@@ -129,10 +129,10 @@ def test_a_split_model_gives_the_plain_models_logits(tiny_model):
 
 def test_the_float32_cpu_engine_splits_and_decodes_what_the_plain_model_decodes(tiny_model):
     engine = Engine(tiny_model, kernels="split")
-    assert type(tiny_model.lm_head) is SplitGemvLinear
+    assert type(engine.model.lm_head) is SplitGemvLinear and type(tiny_model.lm_head) is nn.Linear  # on its copy
     sample = SampleConfig(max_new_tokens=20, temperature=0, logprobs=True)
     split = engine.generate([[1, 2, 3]], sample)[0][0]
-    restore_linear(tiny_model)
+    restore_linear(engine.model)
     plain = engine.generate([[1, 2, 3]], sample)[0][0]
     assert split.tokens == plain.tokens and len(split.tokens) == 20
     assert split.logprobs == pytest.approx(plain.logprobs, abs=1e-4)

@@ -173,17 +173,19 @@ def test_engine_runs_a_quantized_model_in_its_dtype(tiny_model):
     quantize_model(q)
     eng = Engine(q, dtype=torch.float32, kernels="auto")
     assert eng.dtype == int8_activation_dtype("cpu")
-    assert q.transformer.wte.weight.dtype == eng.dtype
-    shapes = {(m.out_features, m.in_features) for m in q.modules() if isinstance(m, Int8Linear)}
+    m8 = eng.model  # the engine's working copy: converted and given kernels; the caller's q is left as it was
+    assert m8.transformer.wte.weight.dtype == eng.dtype and q.transformer.wte.weight.dtype == torch.float32
+    shapes = {(m.out_features, m.in_features) for m in m8.modules() if isinstance(m, Int8Linear)}
     assert shapes <= set(eng.kernels)
-    assert {m.kernel for m in q.modules() if isinstance(m, Int8Linear)} <= {"int8pack", "dequant", "fbgemm"}
+    assert {m.kernel for m in m8.modules() if isinstance(m, Int8Linear)} <= {"int8pack", "dequant", "fbgemm"}
+    assert {m.kernel for m in q.modules() if isinstance(m, Int8Linear)} == {"auto"}
     out = eng.generate([[1, 2, 3]], SampleConfig(max_new_tokens=6, temperature=0))[0][0]
     assert len(out.tokens) == 6
     # greedy decoding with the KV cache picks what a full forward of the same int8 model picks
     ctx = [1, 2, 3]
     with torch.no_grad():
         for tok in out.tokens:
-            logits = q(torch.tensor([ctx]))[0][0, -1].float()
+            logits = m8(torch.tensor([ctx]))[0][0, -1].float()
             assert logits[tok] >= logits.max() - 0.05 * logits.abs().max()  # bf16 ties aside
             ctx.append(tok)
 
