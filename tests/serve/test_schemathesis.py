@@ -51,7 +51,9 @@ def test_the_schema_documents_every_api_route(fuzzed):
     assert "prompt" in body["required"] and "echo" in body["properties"]
 
 
-CASES = [(m, p, "positive") for m, p in ROUTES] + [(m, p, "negative") for m, p in ROUTES if m == "POST"]  # GETs: no body
+CASES = [(m, p, "positive") for m, p in ROUTES] + [
+    (m, p, "negative") for m, p in ROUTES if m == "POST"
+]  # GETs: no body
 
 
 @pytest.mark.parametrize("method,path,mode", CASES)
