@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from recipe_helpers import recipes_path, run_recipe  # noqa: F401  (fixtures; a nested conftest.py would shadow tests/conftest.py)
 
 OPENERS = ["Say , Jim , how about a few beers ?", "Can you do push-ups ?", "Where is the bank ?", "Is it cold ?"]
 REPLIES = ["Sure .", "Of course I can .", "It's over there .", "Yes , very ."]

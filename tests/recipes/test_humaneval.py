@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from recipe_helpers import recipes_path, run_recipe  # noqa: F401  (fixtures; a nested conftest.py would shadow tests/conftest.py)
 
 SOURCE = '''
 import math

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from recipe_helpers import recipes_path, run_recipe  # noqa: F401  (fixtures; a nested conftest.py would shadow tests/conftest.py)
 
 FACTS = [
     ("Warsaw", "Poland", "1596", "the Vistula"),

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from recipe_helpers import recipes_path, run_recipe, script  # noqa: F401  (fixtures; a nested conftest.py would shadow tests/conftest.py)
 
 NAMES = ["Amanda", "Jerry", "Tom", "Anna", "Kate", "Mike"]
 THINGS = ["cookies", "a cake", "the tickets", "some books", "the keys", "a pizza"]
