@@ -66,7 +66,10 @@ def test_native_bf16_on_cpu_reads_cpu_info(monkeypatch, native):
     info = {**D.cpu_info(), "native_bf16": native, "bf16_units": ["amx_bf16"] if native else []}
     monkeypatch.setattr(D, "cpu_info", lambda: info)
     assert D.native_bf16(CPU) is native
+    monkeypatch.setattr(D, "bf16_pays_off", lambda device: True)  # the measurement is this machine's: fixed here
     assert D.pick_dtype("auto", CPU) is (torch.bfloat16 if native else torch.float32)
+    monkeypatch.setattr(D, "bf16_pays_off", lambda device: False)  # native units that measured no faster
+    assert D.pick_dtype("auto", CPU) is torch.float32
 
 
 def test_native_bf16_on_cuda_asks_cuda_and_elsewhere_is_false(monkeypatch):

@@ -91,10 +91,23 @@ class InFlightLimit:
             )
             return await JSONResponse(busy.body(), 429, headers={"Retry-After": "1"})(scope, receive, send)
         self.active += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.active -= 1
+
+        async def send_then_release(message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()  # before the last byte leaves: a client that saw the end never finds its slot taken
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_then_release)
         finally:
-            self.active -= 1
+            release()
 
 
 def startup_message(name: str, host: str, port: int) -> str:
