@@ -109,7 +109,8 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         "pretrain": pre,
     }
     dtype = pick_dtype(cfg["pretrain"].get("dtype", "auto"), torch.device("cpu"))
-    test_convs = [as_chat(d, first) for d in test for first in ("user", "assistant")]
+    # each test dialogue once, the assistant alternately the second and the first speaker: half of all turns scored
+    test_convs = [as_chat(d, "user" if i % 2 == 0 else "assistant") for i, d in enumerate(test)]
 
     def test_loss(ckpt) -> dict:
         examples, stats = sft.encode_chats(test_convs, ckpt.tokenizer, ckpt.model.config.block_size, "crop")
@@ -193,8 +194,8 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         ],
     )
     info = (
-        f"{m['finetune']['trainable_parameters']:,} parameters, all trained; test conversations (both speaker "
-        f"assignments) cropped to the context of {block}: {a['cropped']} of {len(test_convs)}"
+        f"{m['finetune']['trainable_parameters']:,} parameters, all trained; test dialogues (the assistant alternately "
+        f"the second and the first speaker) cropped to the context of {block}: {a['cropped']} of {len(test_convs)}"
     )
     t3 = table(
         ["dialogue", "user (test turn)", "reference reply", "model reply"],
