@@ -7,7 +7,8 @@ GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /v1/embedd
 /detokenize (llama-server's shapes; extras.py checks their bodies), and the chat page: GET / and GET /static/{chat.js,chat.css} (fixed files shipped in
 serve/static/, open without the key; the page sends the key it is given to the /v1 routes). Each request is parsed
 (protocol.py), submitted to the scheduler, and its tokens formatted (output.py); nothing here does math, and no
-endpoint reads or writes a file a request names.
+endpoint reads or writes a file a request names. The chat extension `explain` adds to each choice (on its finishing
+chunk when streamed) every answer token's probability, top alternatives and most-attended earlier tokens.
 Errors are OpenAI error objects: 400 bad parameter or prompt too long, 401 missing / wrong key (with an api_key),
 404 unknown model or route, 413 body too large, 429 queue full, 503 shutting down; framework validation errors
 become 400 and a malformed request never yields a 5xx. A client that disconnects cancels its generation.
@@ -35,7 +36,7 @@ from pocketgpt.generate.structured import ConstraintFactory
 from pocketgpt.model.quant import is_quantized, quantize_model
 from pocketgpt.serve import extras, schemas
 from pocketgpt.serve.http import install_error_handlers, page_file, read_json, unknown_model
-from pocketgpt.serve.output import DONE, ChoiceText, Reply, sse, stop_check, text_logprobs, usage
+from pocketgpt.serve.output import DONE, ChoiceText, Reply, explain_choice, sse, stop_check, text_logprobs, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 from pocketgpt.serve.schemas import body
 
@@ -330,6 +331,9 @@ async def _collect(job: Job, handles: list[RequestHandle], reply: Reply, served:
     ]
     if job.echo:
         await _echo(job, choices, served)
+    if job.explain is not None:
+        for c, t in zip(choices, texts):
+            c["explain"] = await _explain(job, served, c["index"], t)
     used = usage(sum(len(p) for p in job.prompts), sum(h.completion_tokens for h in handles))
     return JSONResponse(reply.full(choices, used))
 
@@ -360,6 +364,12 @@ async def _echo(job: Job, choices: list[dict], served: Served) -> None:
         c["text"] = text.text + c["text"]
 
 
+async def _explain(job: Job, served: Served, index: int, text: ChoiceText) -> dict:
+    """The `explain` object of choice `index`: its prompt and answer through explain.token_report."""
+    prompt = job.prompts[index // job.sample.num_samples]
+    return await explain_choice(served.model, served.tokenizer, prompt, text, job.explain)
+
+
 async def _stream(job: Job, handles: list[RequestHandle], reply: Reply, served: Served):
     """The SSE body; a disconnect cancels this generator, and with it every row of the request."""
     tok, inc = served.tokenizer, job.include_usage
@@ -374,7 +384,9 @@ async def _stream(job: Job, handles: list[RequestHandle], reply: Reply, served: 
                 tail = texts[i].flush()
                 if tail:
                     yield reply.chunk(i, tail, include_usage=inc)
-                yield reply.chunk(i, None, finish=_finish_reason(texts[i], handles[i]), include_usage=inc)
+                why = (await _explain(job, served, i, texts[i])) if job.explain is not None else None
+                finish = _finish_reason(texts[i], handles[i])
+                yield reply.chunk(i, None, finish=finish, include_usage=inc, explain=why)
                 continue
             piece = texts[i].feed(t)
             kept = texts[i].tokens and texts[i].tokens[-1] is t

@@ -2,17 +2,21 @@
 
 Lives here: `ChoiceText` (a choice's tokens -> text pieces that are whole characters and never hold or follow a
 stop string, as generate/text.py streams), the `should_stop` check the scheduler asks on its thread, the
-log-probability shapes of both endpoints, and the JSON objects / SSE chunks. Not here: routes (app.py),
-request checking (protocol.py), sampling (generate/).
+log-probability shapes of both endpoints, the chat extension `explain` (each answer token's probability, top
+alternatives and most-attended earlier tokens, from explain.token_report), and the JSON objects / SSE chunks. Not
+here: routes (app.py), request checking (protocol.py), sampling (generate/), the numbers themselves (explain.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import time
 import uuid
 
+from pocketgpt.errors import UserError
+from pocketgpt.explain import label, token_of, token_report
 from pocketgpt.generate.scheduler import Token
 from pocketgpt.generate.text import StopMatcher
 
@@ -48,6 +52,7 @@ class ChoiceText:
         self.hit_stop = False  # a stop string ended it
         self.tokens: list[Token] = []  # tokens whose text starts before any stop string
         self.starts: list[int] = []  # byte offset of each kept token in the text
+        self.cut: int | None = None  # byte offset where a stop string began (the text ends there)
         self.text = ""  # everything sent so far
 
     def feed(self, tok: Token) -> str:
@@ -61,6 +66,7 @@ class ChoiceText:
             cut = self.matcher.find(bytes(self.buf), before)
             if cut >= 0:
                 self.stopped = self.hit_stop = True
+                self.cut = cut
                 while self.starts and self.starts[-1] >= cut:  # tokens that only hold the stop string
                     self.starts.pop()
                     self.tokens.pop()
@@ -119,6 +125,83 @@ def text_logprobs(tokenizer, tokens: list[Token], starts: list[int], text: bytes
     }
 
 
+# --- explain: what the model thought at each answer token ----------------------------------------------
+EXPLAIN_ABOUT = (
+    "per answer token: text (its share of the answer: joined, they are the answer), prob (softmax of the model's "
+    "logits where it was chosen: temperature 1, before top-p, penalties or a grammar) and rank (1 = the model's "
+    "first choice), top (the most likely tokens there), attended (the tokens, by index into prompt + answer, that "
+    "the position choosing it attended to most: {attends})"
+)
+
+
+def token_pieces(choice: ChoiceText) -> list[str]:
+    """Each kept token's share of the choice's text: what decoding its bytes adds (a character split across
+    tokens belongs to the token holding its last byte, so a token can have ""), ending where a stop string
+    began. Joined, they are `choice.text`."""
+    end = choice.cut if choice.cut is not None else len(choice.buf)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    bounds = [*choice.starts[1:], end]
+    return [
+        decoder.decode(bytes(choice.buf[s : min(e, end)]), final=k == len(bounds) - 1)
+        for k, (s, e) in enumerate(zip(choice.starts, bounds))
+    ]
+
+
+def _shown(tokenizer, tid: int, prob: float) -> dict:
+    t = token_of(tokenizer, tid)
+    return {"id": tid, "text": t.text, "label": label(t, 16), "special": t.special, "prob": prob}
+
+
+def answer_explanation(tokenizer, report: dict, prompt_len: int, choice: ChoiceText, unexplained: int = 0) -> dict:
+    """The `explain` object of one choice from token_report over prompt + answer: {"about", "prompt_tokens",
+    "tokens": [{index, id, text, label, special, prob, rank, top: [...], attended: [{index, text, label, weight}]}],
+    "unexplained"}: the last `unexplained` answer tokens (past the model's context) have no entry."""
+    tokens, positions = report["tokens"], report["positions"]
+    out = []
+    for k, piece in enumerate(token_pieces(choice)[: len(choice.tokens) - unexplained]):
+        at = prompt_len + k  # the token's index in prompt + answer
+        chose = positions[at - 1]  # the position whose output chose it
+        nxt = chose["next"]
+        out.append(
+            {
+                "index": at,
+                "id": nxt["id"],
+                "text": piece,
+                "label": tokens[at]["label"],
+                "special": nxt["special"],
+                "prob": nxt["prob"],
+                "rank": nxt["rank"],
+                "top": [_shown(tokenizer, c["id"], c["prob"]) for c in chose["top"]],
+                "attended": [
+                    {"index": a["pos"], "text": tokens[a["pos"]]["text"], "label": a["label"], "weight": a["weight"]}
+                    for a in chose["attends"]
+                ],
+            }
+        )
+    return {
+        "about": EXPLAIN_ABOUT.format(attends=report["attends"]),
+        "prompt_tokens": prompt_len,
+        "tokens": out,
+        "unexplained": unexplained,
+    }
+
+
+async def explain_choice(model, tokenizer, prompt: list[int], choice: ChoiceText, want: tuple[int, int]) -> dict:
+    """One forward pass over prompt + the choice's answer (explain.token_report, in a thread) -> its `explain`
+    object. Answer tokens past the model's context are left unexplained (the scheduler slid its window there)."""
+    top_k, attended = want
+    answer = [t.id for t in choice.tokens]
+    room = max(0, model.config.block_size - len(prompt))
+    if not answer:
+        return answer_explanation(tokenizer, {"tokens": [], "positions": [], "attends": ""}, len(prompt), choice)
+    ids = prompt + answer[:room]
+    try:
+        report = await asyncio.to_thread(token_report, model, tokenizer, ids, top_k, attended)
+    except UserError as e:  # a model explain cannot read: the answer stands, without its explanation
+        return {"about": EXPLAIN_ABOUT.format(attends=""), "error": str(e), "tokens": [], "prompt_tokens": len(prompt)}
+    return answer_explanation(tokenizer, report, len(prompt), choice, max(0, len(answer) - room))
+
+
 # --- response objects ----------------------------------------------------------------------------------
 class Reply:
     """The fixed parts of one response (id, created, model, object names) and builders for its objects."""
@@ -154,6 +237,8 @@ class Reply:
                         "finish_reason": c["finish_reason"],
                     }
                 )
+                if "explain" in c:  # the extension, only when asked for
+                    out[-1]["explain"] = c["explain"]
             else:
                 out.append(
                     {
@@ -174,11 +259,15 @@ class Reply:
         first: bool = False,
         usage: dict | None = None,
         include_usage: bool = False,
+        explain: dict | None = None,
     ) -> str:
-        """One SSE event: a piece of choice `index` (text None: only the finish_reason)."""
+        """One SSE event: a piece of choice `index` (text None: only the finish_reason; `explain`, the chat
+        extension's object, rides on a choice's finishing chunk)."""
         if self.chat:
             delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            if explain is not None:
+                choice["explain"] = explain
         else:
             choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         obj = {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [choice]}

@@ -73,6 +73,7 @@ class Job:
     echo: bool = False  # completions: the prompt's text (and its tokens' log-probabilities) come first
     echo_skip: int = 0  # leading prompt tokens the server added (<|endoftext|>), not echoed
     grammar: str | None = None  # chat response_format json_object / json_schema: the grammar decoding follows
+    explain: tuple[int, int] | None = None  # chat extension `explain`: (top_k, attended) per answer token; None: off
 
 
 COMMON = {
@@ -96,8 +97,12 @@ COMMON = {
 }  # the last three: extensions (as vLLM accepts)
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
 CHAT = (
-    COMMON | IGNORED | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice"}
+    COMMON
+    | IGNORED
+    | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice", "explain"}
 )
+EXPLAIN_TOP_K = (1, 20, 5)  # the extension `explain`: (least, most, default) alternatives shown per answer token
+EXPLAIN_ATTENDED = (0, 20, 3)  # ... and earlier tokens it attended to most
 TEXT = COMMON | IGNORED | {"prompt", "echo", "suffix", "best_of"}
 
 
@@ -226,6 +231,7 @@ def parse_job(
     logprobs_k = top if logprobs else None
     job = Job(chat, prompts, sample, stop_ids, stream, include_usage, logprobs_k, echo, skip)
     job.grammar = grammar if chat else None
+    job.explain = _explain(body) if chat else None
     return job
 
 
@@ -326,6 +332,27 @@ def _logit_bias(body: dict, n_vocab: int) -> dict[int, float] | None:
             )
         out[int(k)] = float(v)
     return out or None
+
+
+def _explain(body: dict) -> tuple[int, int] | None:
+    """The chat extension {"explain": {"top_k": 1..20, "attended": 0..20}} (both optional) -> (top_k, attended);
+    absent or null: None (off)."""
+    e = body.get("explain")
+    if e is None:
+        return None
+    if not isinstance(e, dict) or set(e) - {"top_k", "attended"}:
+        raise bad(
+            'explain must be an object {"top_k": integer 1..20, "attended": integer 0..20} (both optional), '
+            f"got {e!r:.60}",
+            "explain",
+        )
+    out = []
+    for key, (lo, hi, default) in (("top_k", EXPLAIN_TOP_K), ("attended", EXPLAIN_ATTENDED)):
+        try:
+            out.append(_integer(e, key, lo, hi, default))
+        except APIError as err:
+            raise bad(f"explain.{err.message}", "explain") from None
+    return out[0], out[1]
 
 
 def _logprobs(body: dict, chat: bool) -> tuple[bool, int]:

@@ -98,6 +98,21 @@ CHAT = {
         },
         "tools": {"type": "array", "maxItems": 0, "description": "this model cannot call tools"},
         "tool_choice": {"const": "none"},
+        "explain": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
+                "attended": {"type": "integer", "minimum": 0, "maximum": 20, "default": 3},
+            },
+            "description": "extension (the chat page's token view): each choice gets `explain`, on its finishing "
+            "chunk when streamed: {about, prompt_tokens, unexplained, tokens: [{index, id, text, label, special, "
+            "prob, rank, top: [{id, text, label, special, prob}] (top_k most likely, most likely first), attended: "
+            "[{index, text, label, weight}]}]}. prob is softmax of the model's logits where the token was chosen "
+            "(temperature 1, before top-p, penalties or a grammar); attended lists the `attended` tokens (index into "
+            "prompt + answer, always before the token) that the last layer, averaged over its heads, weighted most "
+            "there; the texts joined are the answer",
+        },
     },
 }
 EMBEDDINGS = {
