@@ -192,8 +192,6 @@ async def explain_choice(model, tokenizer, prompt: list[int], choice: ChoiceText
     top_k, attended = want
     answer = [t.id for t in choice.tokens]
     room = max(0, model.config.block_size - len(prompt))
-    if not answer:
-        return answer_explanation(tokenizer, {"tokens": [], "positions": [], "attends": ""}, len(prompt), choice)
     ids = prompt + answer[:room]
     try:
         report = await asyncio.to_thread(token_report, model, tokenizer, ids, top_k, attended)
