@@ -1,6 +1,9 @@
 // pocketgpt chat page: talks to this server's OpenAI-compatible API (GET /v1/models, POST /v1/chat/completions
 // with stream: true). Plain script, no build step, no network beyond this origin. Model output is only ever put in
 // the page as text (textContent / text nodes), never as HTML.
+// "Show token probabilities" asks the server for its `explain` extension: the answer streams in as plain text,
+// then, from the choice's finishing chunk, each token becomes a span coloured by its probability, with a popup
+// (hover, tap or focus) of the top alternatives and the earlier tokens it attended to most.
 "use strict";
 
 (() => {
@@ -9,10 +12,13 @@
     modelName: $("model-name"), newChat: $("new-chat"), settings: $("settings"), settingsForm: $("settings-form"),
     conversation: $("conversation"), empty: $("empty"), error: $("error"), scroller: document.querySelector("main"),
     composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"), apiKey: $("api-key"),
+    explain: $("explain"), legend: $("legend"), popup: $("token-popup"),
   };
   const STORE = "pocketgpt.chat.settings";
   const FIELDS = { system: "system-prompt", temperature: "temperature", top_p: "top-p", max_tokens: "max-tokens",
                    api_key: "api-key" };
+  const EXPLAIN = { top_k: 5, attended: 3 };  // what the page asks for with "Show token probabilities"
+  const BUCKETS = [0.01, 0.05, 0.2, 0.5];      // probability bounds of the colours p0 .. p4 (the legend's)
 
   let history = [];          // the conversation sent to the server: {role: "user" | "assistant", content}
   let controller = null;     // the AbortController of the answer being streamed, null when idle
@@ -32,12 +38,15 @@
       if (typeof saved[key] === "string") $(id).value = saved[key];
     }
     $("json-mode").checked = saved.json_mode === true;
+    ui.explain.checked = saved.explain === true;
+    ui.legend.hidden = !ui.explain.checked;
   }
 
   function saveSettings() {
     const values = {};
     for (const [key, id] of Object.entries(FIELDS)) values[key] = $(id).value;
     values.json_mode = $("json-mode").checked;
+    values.explain = ui.explain.checked;
     try { localStorage.setItem(STORE, JSON.stringify(values)); } catch (e) { /* private mode: keep them in the page */ }
   }
 
@@ -151,6 +160,159 @@
     ui.stop.hidden = !busy;
   }
 
+  // ---- token probabilities: the server's `explain` object drawn over an answer ----
+
+  const explained = new WeakMap();  // a .tok span -> {ex, ks: the indexes in ex.tokens it shows, spans: by index}
+  let shownFor = null;              // the span whose popup is open
+  let pinned = false;               // opened by a click or tap: stays until another click, Esc or leaving focus
+
+  function percent(p) {
+    const v = 100 * p;
+    if (!(v >= 0.005)) return "<0.01%";
+    return (v >= 9.95 ? v.toFixed(0) : v >= 0.995 ? v.toFixed(1) : v.toFixed(2)) + "%";
+  }
+
+  function bucket(p) {
+    let b = 0;
+    while (b < BUCKETS.length && p >= BUCKETS[b]) b += 1;
+    return "p" + b;
+  }
+
+  // Replace the answer's text with one span per token (a token that only starts a character shares the span of the
+  // token completing it); the text stays the same. False (the text left as it is) when the object does not fit.
+  function drawTokens(el, content, ex) {
+    if (!ex || !Array.isArray(ex.tokens) || !ex.tokens.length) return false;
+    const joined = ex.tokens.map((t) => (typeof t.text === "string" ? t.text : "\u0000")).join("");
+    if (!content.startsWith(joined)) return false;
+    const parts = [], spans = new Map();
+    let waiting = [];
+    ex.tokens.forEach((t, k) => {
+      waiting.push(k);
+      if (!t.text) return;                                  // part of a character: drawn with the next token
+      const span = document.createElement("span");
+      span.className = `tok ${bucket(t.prob)}`;
+      if (/^\p{C}+$/u.test(t.text)) span.classList.add(t.text.includes("\n") ? "newline" : "blank");  // a mark to point at
+      span.textContent = t.text;
+      span.tabIndex = 0;
+      explained.set(span, { ex, ks: waiting, spans });
+      for (const j of waiting) spans.set(ex.prompt_tokens + j, span);
+      waiting = [];
+      parts.push(span);
+    });
+    const rest = content.slice(joined.length);              // tokens past the model's context: plain text
+    if (rest) parts.push(document.createTextNode(rest));
+    el.replaceChildren(...parts);
+    el.classList.add("explained");
+    return true;
+  }
+
+  function row(list, label, value, extra, cls) {
+    const item = document.createElement("li");
+    if (cls) item.className = cls;
+    const name = document.createElement("span");
+    name.className = "tp-label";
+    name.textContent = label;
+    const num = document.createElement("span");
+    num.className = "tp-num";
+    num.textContent = value;
+    item.append(name, num);
+    if (extra) {
+      const more = document.createElement("span");
+      more.className = "tp-where";
+      more.textContent = extra;
+      item.append(more);
+    }
+    list.append(item);
+  }
+
+  function section(title, cls) {
+    const head = document.createElement("p");
+    head.className = "tp-title";
+    head.textContent = title;
+    const list = document.createElement("ol");
+    list.className = `tp-list ${cls}`;
+    ui.popup.append(head, list);
+    return list;
+  }
+
+  function showPopup(span) {
+    const info = explained.get(span);
+    if (!info) return;
+    hidePopup();
+    const { ex, ks, spans } = info;
+    ui.popup.replaceChildren();
+    for (const k of ks) {
+      const t = ex.tokens[k];
+      const head = document.createElement("p");
+      head.className = "tp-head";
+      const name = document.createElement("span");
+      name.className = "tp-label";
+      name.textContent = t.label;
+      head.append(name, document.createTextNode(` ${percent(t.prob)} · rank ${t.rank}`));
+      ui.popup.append(head);
+      const top = section("Top alternatives", "tp-top");
+      for (const c of t.top) row(top, c.label, percent(c.prob), c.id === t.id ? "chosen" : "", c.id === t.id ? "chosen" : "");
+      if (t.attended.length) {
+        const att = section("Attended to most", "tp-attended");
+        for (const a of t.attended) {
+          const inAnswer = a.index >= ex.prompt_tokens;
+          const where = inAnswer ? `answer token ${a.index - ex.prompt_tokens + 1}` : `prompt token ${a.index + 1}`;
+          row(att, a.label, percent(a.weight), where);
+          const target = inAnswer && spans.get(a.index);
+          if (target && target !== span) target.classList.add("attended");
+        }
+      }
+    }
+    ui.popup.hidden = false;
+    span.classList.add("active");
+    span.setAttribute("aria-describedby", "token-popup");
+    shownFor = span;
+    place(span);
+  }
+
+  function place(span) {
+    const r = span.getBoundingClientRect(), p = ui.popup.getBoundingClientRect(), gap = 6;
+    const left = Math.max(gap, Math.min(r.left, window.innerWidth - p.width - gap));
+    const below = r.bottom + gap + p.height <= window.innerHeight || r.top - gap - p.height < 0;
+    ui.popup.style.left = `${left}px`;
+    ui.popup.style.top = `${below ? r.bottom + gap : r.top - gap - p.height}px`;
+  }
+
+  function hidePopup() {
+    if (shownFor) {
+      shownFor.classList.remove("active");
+      shownFor.removeAttribute("aria-describedby");
+    }
+    for (const el of ui.conversation.querySelectorAll(".tok.attended")) el.classList.remove("attended");
+    ui.popup.hidden = true;
+    shownFor = null;
+    pinned = false;
+  }
+
+  const tokenOf = (e) => (e.target instanceof Element ? e.target.closest(".tok") : null);
+  ui.conversation.addEventListener("mouseover", (e) => {
+    const span = tokenOf(e);
+    if (span && span !== shownFor && !pinned) showPopup(span);
+  });
+  ui.conversation.addEventListener("mouseout", (e) => {
+    const span = tokenOf(e);
+    if (span && span === shownFor && !pinned && document.activeElement !== span &&
+        !(e.relatedTarget instanceof Node && span.contains(e.relatedTarget))) hidePopup();
+  });
+  ui.conversation.addEventListener("focusin", (e) => { const span = tokenOf(e); if (span) showPopup(span); });
+  ui.conversation.addEventListener("focusout", (e) => { if (tokenOf(e) === shownFor) hidePopup(); });
+  ui.conversation.addEventListener("click", (e) => {       // a tap on a phone: open it, and keep it open
+    const span = tokenOf(e);
+    if (!span) return;
+    if (span === shownFor && pinned) { hidePopup(); return; }
+    showPopup(span);
+    pinned = true;
+  });
+  document.addEventListener("click", (e) => { if (shownFor && !tokenOf(e)) hidePopup(); });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && shownFor) hidePopup(); });
+  ui.scroller.addEventListener("scroll", () => { if (shownFor) place(shownFor); });
+  window.addEventListener("resize", () => { if (shownFor) place(shownFor); });
+
   // The data of each server-sent event of a response body, as it arrives ("[DONE]" included).
   async function* sseData(body) {
     const reader = body.getReader();
@@ -207,11 +369,12 @@
                    ...params };
     if (model) body.model = model;
     if ($("json-mode").checked) body.response_format = { type: "json_object" };  // the server's grammar: JSON only
+    if (ui.explain.checked) body.explain = { ...EXPLAIN };    // this server's extension: see /openapi.json
     controller = new AbortController();
     const mine = chat;
     setBusy(true);
 
-    let content = "", finish = null, stopped = false, failure = null;
+    let content = "", finish = null, stopped = false, failure = null, explanation = null;
     try {
       const response = await fetch("/v1/chat/completions", { method: "POST", headers: headers(true),
                                                               body: JSON.stringify(body), signal: controller.signal });
@@ -231,6 +394,7 @@
           if (follow) scrollDown();
         }
         if (choice.finish_reason) finish = choice.finish_reason;
+        if (choice.explain) explanation = choice.explain;   // on the finishing chunk
       }
     } catch (err) {
       if (err && err.name === "AbortError") stopped = true;
@@ -256,6 +420,12 @@
       if (stopped) addNote(answer, content ? "Stopped." : "Stopped before any text arrived.");
       else if (failure) { addNote(answer, "The answer was cut short."); showError(describe(failure)); }
       else if (finish === "length") addNote(answer, "Reached the max tokens limit.");
+      if (explanation && !stopped && !failure) {
+        if (explanation.error) addNote(answer, `No token probabilities: ${explanation.error}`);
+        else if (drawTokens(out.parentNode, content, explanation) && explanation.unexplained > 0) {
+          addNote(answer, `The last ${explanation.unexplained} tokens passed the model's context: not coloured.`);
+        }
+      }
       if (nearBottom()) scrollDown();
     }
     ui.prompt.focus();
@@ -267,6 +437,7 @@
 
   function newChat() {
     stop();
+    hidePopup();
     chat += 1;
     history = [];
     ui.conversation.replaceChildren();
@@ -291,6 +462,7 @@
   ui.newChat.addEventListener("click", newChat);
   ui.settingsForm.addEventListener("submit", (e) => { e.preventDefault(); saveSettings(); loadModel(); });
   ui.settingsForm.addEventListener("input", saveSettings);
+  ui.explain.addEventListener("change", () => { ui.legend.hidden = !ui.explain.checked; saveSettings(); });
   let keyTimer = null;
   ui.apiKey.addEventListener("input", () => {               // a new key: ask for the model again
     clearTimeout(keyTimer);
