@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import threading
 import time
 import uuid
 
@@ -186,15 +187,23 @@ def answer_explanation(tokenizer, report: dict, prompt_len: int, choice: ChoiceT
     }
 
 
+_EXPLAINING = threading.Lock()  # one explanation at a time: its attention weights are n_layer x n_head x T x T floats
+
+
+def _report(model, tokenizer, ids: list[int], top_k: int, attended: int) -> dict:
+    with _EXPLAINING:
+        return token_report(model, tokenizer, ids, top_k, attended)
+
+
 async def explain_choice(model, tokenizer, prompt: list[int], choice: ChoiceText, want: tuple[int, int]) -> dict:
-    """One forward pass over prompt + the choice's answer (explain.token_report, in a thread) -> its `explain`
-    object. Answer tokens past the model's context are left unexplained (the scheduler slid its window there)."""
+    """One forward pass over prompt + the choice's answer (explain.token_report, in a thread, one at a time in
+    this process) -> its `explain` object. Answer tokens past the model's context are left unexplained (the scheduler slid its window there)."""
     top_k, attended = want
     answer = [t.id for t in choice.tokens]
     room = max(0, model.config.block_size - len(prompt))
     ids = prompt + answer[:room]
     try:
-        report = await asyncio.to_thread(token_report, model, tokenizer, ids, top_k, attended)
+        report = await asyncio.to_thread(_report, model, tokenizer, ids, top_k, attended)
     except UserError as e:  # a model explain cannot read: the answer stands, without its explanation
         return {"about": EXPLAIN_ABOUT.format(attends=""), "error": str(e), "tokens": [], "prompt_tokens": len(prompt)}
     return answer_explanation(tokenizer, report, len(prompt), choice, max(0, len(answer) - room))

@@ -16,7 +16,7 @@ from serve_helpers import MODEL, chat_ckpt, make_app, running, server  # noqa: F
 from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.generate.scheduler import Token
 from pocketgpt.serve.output import ChoiceText, token_pieces
-from pocketgpt.tokenizer.chat import render_for_completion
+from pocketgpt.tokenizer.chat import answer_stops, render_for_completion
 
 MESSAGES = [{"role": "user", "content": "Tell me about tokens."}]  # the tiny model's greedy answer is 8+ tokens
 TOP_K, ATTENDED = 4, 3
@@ -181,6 +181,19 @@ def test_token_pieces_split_characters_and_stop_strings(reference):
     assert text.text == "h\u00e9\ufffd t" and "".join(pieces) == text.text
     assert pieces == ["h", "", "\u00e9", "\ufffd", " t"]
     assert [t.id for t in text.tokens] == ids[:5]  # "!" came after the stop string: not part of the answer
+
+
+def test_role_tokens_written_out_never_reach_the_explained_answer(reference):
+    """A model that spells "<|user|>" in ordinary pieces ends its answer there (answer_stops), and no explained
+    token holds any of it (the stop ids themselves never reach the answer: the scheduler does not emit them)."""
+    _, tok = reference
+    ids = [*tok.encode("hi"), *(ord(c) for c in "<|user|>"), *tok.encode("more")]
+    text = ChoiceText(tok, answer_stops())
+    for i in ids:
+        text.feed(Token(i))
+    text.flush()
+    assert text.text == "hi" and token_pieces(text) == [tok.decode([i]) for i in tok.encode("hi")]
+    assert [t.id for t in text.tokens] == tok.encode("hi")
 
 
 BAD = [

@@ -507,6 +507,15 @@ def test_token_probabilities_in_chromium(web, browser):
         expect(popup.locator(".tp-head").last).to_contain_text(shown[0]["label"])
         page.keyboard.press("Escape")
         expect(popup).to_be_hidden()
+        assert spans.evaluate_all("els => els.map(e => e.tabIndex)") == [0] + [-1] * (len(shown) - 1)  # one tab stop
+        page.keyboard.press("ArrowRight")  # arrow keys move from token to token
+        expect(spans.nth(1)).to_be_focused()
+        expect(popup.locator(".tp-head").last).to_contain_text(shown[1]["label"])
+        page.keyboard.press("End")
+        expect(spans.last).to_be_focused()
+        assert spans.last.get_attribute("tabindex") == "0" and spans.first.get_attribute("tabindex") == "-1"
+        page.keyboard.press("Escape")
+        expect(popup).to_be_hidden()
         spans.last.tap()
         expect(popup).to_be_visible()
         expect(popup.locator(".tp-head").last).to_contain_text(shown[-1]["label"])

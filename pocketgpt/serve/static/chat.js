@@ -193,7 +193,7 @@
       span.className = `tok ${bucket(t.prob)}`;
       if (/^\p{C}+$/u.test(t.text)) span.classList.add(t.text.includes("\n") ? "newline" : "blank");  // a mark to point at
       span.textContent = t.text;
-      span.tabIndex = 0;
+      span.tabIndex = parts.length ? -1 : 0;                // one tab stop per answer; arrow keys move within
       explained.set(span, { ex, ks: waiting, spans });
       for (const j of waiting) spans.set(ex.prompt_tokens + j, span);
       waiting = [];
@@ -310,6 +310,19 @@
   });
   document.addEventListener("click", (e) => { if (shownFor && !tokenOf(e)) hidePopup(); });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && shownFor) hidePopup(); });
+  ui.conversation.addEventListener("keydown", (e) => {     // ←/→ (Home/End): the previous / next token's popup
+    const span = tokenOf(e);
+    const moves = { ArrowLeft: -1, ArrowRight: 1, Home: -Infinity, End: Infinity };
+    if (!span || !(e.key in moves)) return;
+    const all = [...span.parentNode.querySelectorAll(".tok")];
+    const to = all.indexOf(span) + moves[e.key];
+    const next = all[Math.max(0, Math.min(all.length - 1, to))];   // ±Infinity: the first / last
+    e.preventDefault();
+    if (next === span) return;
+    span.tabIndex = -1;
+    next.tabIndex = 0;
+    next.focus();
+  });
   ui.scroller.addEventListener("scroll", () => { if (shownFor) place(shownFor); });
   window.addEventListener("resize", () => { if (shownFor) place(shownFor); });
 
