@@ -16,9 +16,9 @@ The rules a doc writer follows (each is checked below; `check_*` return the prob
    verbatim excerpt: after removing the common indentation of the excerpt and of the source lines, and trailing
    spaces, its lines appear in PATH as consecutive lines. A line `...` alone skips source lines (the parts must
    appear in order). `<!-- quote: PATH#L10-L20 -->` also pins the excerpt to exactly those lines.
-5. Runnable blocks. A ```python block right after the line `<!-- run -->` runs in a fresh interpreter from the
-   repository root (within RUN_TIMEOUT seconds, so keep sizes tiny). A block of `>>>` lines runs as a doctest:
-   the printed values must match.
+5. Runnable blocks. A ```python block right after the line `<!-- run -->` runs from the repository root, in a
+   fresh namespace, in one fresh interpreter per page (blocks in page order; all of a page's within RUN_TIMEOUT
+   seconds, so keep sizes tiny). A block of `>>>` lines runs as a doctest: the printed values must match.
 6. Marked code. Every ```python block in how-gpt-works.md (and its translation) carries one of the markers
    `<!-- quote: ... -->`, `<!-- run -->` or `<!-- sketch -->` (code that illustrates and is neither in the
    repository nor run), so no unmarked excerpt can go stale.
@@ -33,6 +33,7 @@ The rules a doc writer follows (each is checked below; `check_*` return the prob
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -44,7 +45,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_TIMEOUT = 60  # seconds per runnable block
+RUN_TIMEOUT = 120  # seconds for all runnable blocks of one page
 MARKED_PAGES = ("how-gpt-works.md",)  # rule 6
 QUICK_START_AFTER = "## What you can do"  # rule 7: README's quick start ends at the next heading after this one
 
@@ -155,6 +156,11 @@ def relative_targets(doc: Doc) -> list[tuple[Link, str, str]]:
     return out
 
 
+def _rel(p: Path) -> str:
+    p = p.resolve()
+    return p.relative_to(ROOT.resolve()).as_posix() if ROOT.resolve() in p.parents else str(p)
+
+
 def resolve(doc: Doc, path: str) -> Path:
     return (doc.path.parent / path).resolve() if path else doc.path.resolve()
 
@@ -235,7 +241,7 @@ def check_links(doc: Doc) -> list[str]:
     problems = []
     cache: dict[Path, set[str]] = {}
     for link, path, anchor in relative_targets(doc):
-        where = f"{doc.path.name}:{link.line}: [{link.text}]({link.target})"
+        where = f"{_rel(doc.path)}:{link.line}: [{link.text}]({link.target})"
         target = resolve(doc, path)
         if path and not target.exists():
             problems.append(f"{where}: {target} does not exist")
@@ -328,7 +334,7 @@ def check_quotes(doc: Doc) -> list[str]:
     out = []
     for b in doc.blocks:
         if b.marker == "quote":
-            err = check_quote(b, f"{doc.path.name}:{b.line}")
+            err = check_quote(b, f"{_rel(doc.path)}:{b.line}")
             if err:
                 out.append(err)
     return out
@@ -336,29 +342,48 @@ def check_quotes(doc: Doc) -> list[str]:
 
 def check_marked(doc: Doc) -> list[str]:
     return [
-        f"{doc.path.name}:{b.line}: a ```python block needs <!-- quote: PATH -->, <!-- run --> or <!-- sketch -->"
+        f"{_rel(doc.path)}:{b.line}: a ```python block needs <!-- quote: PATH -->, <!-- run --> or <!-- sketch -->"
         for b in doc.blocks
         if b.lang == "python" and b.marker is None
     ]
 
 
 # ---- rule 5: runnable blocks ---------------------------------------------------------------------------------------
-def run_block(block: Block, where: str, tmp: Path) -> str | None:
-    code = textwrap.dedent(block.code)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    if re.search(r"^>>> ", code, re.M):
-        script = tmp / f"block{block.line}.txt"
-        script.write_text(code, encoding="utf-8")
-        cmd = [sys.executable, "-m", "doctest", str(script)]
-    else:
-        cmd = [sys.executable, "-c", code]
+RUNNER = r"""
+import doctest, json, sys, traceback
+
+blocks = json.load(sys.stdin)
+failures = []
+for where, code in blocks:
     try:
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        if any(line.startswith(">>> ") for line in code.splitlines()):
+            test = doctest.DocTestParser().get_doctest(code, {"__name__": "__doc__"}, where, where, 0)
+            out = []
+            runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+            runner.run(test, out=out.append)
+            if runner.failures:
+                failures.append(where + ":\n" + "".join(out))
+        else:
+            exec(compile(code, where, "exec"), {"__name__": "__doc__"})
+    except BaseException:
+        failures.append(where + ":\n" + traceback.format_exc())
+print("\n" + json.dumps(failures))
+"""
+
+
+def run_blocks(blocks: list[tuple[str, str]]) -> list[str]:
+    """Run (where, code) blocks in ONE fresh interpreter (one import of torch), each in a fresh namespace, in
+    order; a block of `>>>` lines is a doctest. Returns one message per failing block."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    payload = json.dumps([(w, textwrap.dedent(c)) for w, c in blocks])
+    cmd = [sys.executable, "-c", RUNNER]
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, input=payload, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return f"{where}: did not finish in {RUN_TIMEOUT} s"
-    if r.returncode != 0:
-        return f"{where}: exit {r.returncode}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
-    return None
+        return [f"the blocks did not finish in {RUN_TIMEOUT} s"]
+    if r.returncode != 0 or not r.stdout.strip():
+        return [f"the runner failed (exit {r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}"]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 # ---- rule 7: translations ------------------------------------------------------------------------------------------
@@ -383,6 +408,7 @@ def quote_list(doc: Doc) -> list[tuple[str, list[list[str]]]]:
 
 def quick_start(readme: Path) -> str:
     lines = readme.read_text(encoding="utf-8").split("\n")
+    assert QUICK_START_AFTER in lines, f"README.md has no heading {QUICK_START_AFTER!r}: update QUICK_START_AFTER"
     start = lines.index(QUICK_START_AFTER)
     doc = parse(readme)
     prose = doc.prose.split("\n")
@@ -392,19 +418,19 @@ def quick_start(readme: Path) -> str:
 
 def check_translation(en: Doc, zh: Doc) -> list[str]:
     own = {en.path.resolve(), zh.path.resolve()}
-    problems = []
+    e, z, problems = _rel(en.path), _rel(zh.path), []
     a, b = link_set(en, own), link_set(zh, own)
     if a - b:
-        problems.append(f"{zh.path.name} lacks links to {sorted(a - b)} that {en.path.name} has")
+        problems.append(f"{z} lacks links to {sorted(a - b)} that {e} has")
     if b - a:
-        problems.append(f"{zh.path.name} links to {sorted(b - a)}, which {en.path.name} does not")
+        problems.append(f"{z} links to {sorted(b - a)}, which {e} does not")
     qa, qb = quote_list(en), quote_list(zh)
-    if qa != qb:
-        problems.append(
-            f"{zh.path.name} quotes {[q[0] for q in qb]} but {en.path.name} quotes {[q[0] for q in qa]}"
-            if [q[0] for q in qa] != [q[0] for q in qb]
-            else f"{zh.path.name}'s quoted excerpts differ from {en.path.name}'s (same sources, other text)"
-        )
+    if [q[0] for q in qa] != [q[0] for q in qb]:
+        problems.append(f"{z} quotes {[q[0] for q in qb]} but {e} quotes {[q[0] for q in qa]}")
+    else:
+        for n, (x, y) in enumerate(zip(qa, qb)):
+            if x != y:
+                problems.append(f"{z}'s quoted excerpt {n + 1} (from {x[0]}) differs from {e}'s")
     return problems
 
 
@@ -440,10 +466,12 @@ def test_every_python_block_is_marked(path):
     assert check_marked(parse(path)) == []
 
 
-@pytest.mark.parametrize(("path", "block"), RUNNABLE, ids=[f"{_id(p)}:{b.line}" for p, b in RUNNABLE])
-def test_runnable_blocks_run(path, block, tmp_path):
-    assert block.lang == "python", f"{path.name}:{block.line}: <!-- run --> marks ```python blocks only"
-    assert run_block(block, f"{path.name}:{block.line}", tmp_path) is None
+@pytest.mark.parametrize("path", sorted({p for p, _ in RUNNABLE}), ids=_id)
+def test_runnable_blocks_run(path):
+    blocks = [b for p, b in RUNNABLE if p == path]
+    for b in blocks:
+        assert b.lang == "python", f"{_id(path)}:{b.line}: <!-- run --> marks ```python blocks only"
+    assert run_blocks([(f"{_id(path)}:{b.line}", b.code) for b in blocks]) == []
 
 
 def test_how_gpt_works_has_every_kind_of_check():
@@ -464,7 +492,6 @@ def test_translation_has_the_same_links_and_quotes(en):
         pytest.skip(f"no translation docs/zh/{en.name} yet")
     if en.name == "README.md":
         english = parse(en, quick_start(en))
-        english.path = en  # links resolve from the README's folder
     else:
         english = parse(en)
     assert check_translation(english, parse(zh)) == []
@@ -565,14 +592,18 @@ def test_markers_must_sit_right_before_the_fence(tmp_path):
     assert doc.blocks[0].marker == "sketch" and not check_marked(doc)
 
 
-def test_run_block_fails_on_errors_and_wrong_doctest_output(tmp_path):
-    def run(code: str) -> str | None:
-        return run_block(Block("python", code, 1, "run"), "probe", tmp_path)
-
-    assert run("assert 1 + 1 == 2") is None
-    assert run("raise SystemExit(3)") is not None
-    assert run(">>> 1 + 1\n2") is None
-    assert run(">>> 1 + 1\n3") is not None
+def test_run_blocks_fail_on_errors_and_wrong_doctest_output():
+    cases = {
+        "ok": "assert 1 + 1 == 2",
+        "raises": "raise ValueError('no')",
+        "exits": "raise SystemExit(3)",
+        "doctest ok": ">>> 1 + 1\n2",
+        "doctest wrong": ">>> 1 + 1\n3",
+        "sets a name": "leak = 1",
+        "fresh namespace": "assert 'leak' not in dir()",
+    }
+    failed = [m.split(":")[0] for m in run_blocks(list(cases.items()))]
+    assert failed == ["raises", "exits", "doctest wrong"]
 
 
 def test_check_translation_finds_drift(tmp_path):
