@@ -197,7 +197,8 @@ def _report(model, tokenizer, ids: list[int], top_k: int, attended: int) -> dict
 
 async def explain_choice(model, tokenizer, prompt: list[int], choice: ChoiceText, want: tuple[int, int]) -> dict:
     """One forward pass over prompt + the choice's answer (explain.token_report, in a thread, one at a time in
-    this process) -> its `explain` object. Answer tokens past the model's context are left unexplained (the scheduler slid its window there)."""
+    this process) -> its `explain` object. Answer tokens past the model's context are left unexplained (the
+    scheduler slid its window there, so one pass cannot say what the model saw)."""
     top_k, attended = want
     answer = [t.id for t in choice.tokens]
     room = max(0, model.config.block_size - len(prompt))
@@ -205,7 +206,8 @@ async def explain_choice(model, tokenizer, prompt: list[int], choice: ChoiceText
     try:
         report = await asyncio.to_thread(_report, model, tokenizer, ids, top_k, attended)
     except UserError as e:  # a model explain cannot read: the answer stands, without its explanation
-        return {"about": EXPLAIN_ABOUT.format(attends=""), "error": str(e), "tokens": [], "prompt_tokens": len(prompt)}
+        about, n = EXPLAIN_ABOUT.format(attends="none"), len(prompt)
+        return {"about": about, "error": str(e), "prompt_tokens": n, "tokens": [], "unexplained": len(answer)}
     return answer_explanation(tokenizer, report, len(prompt), choice, max(0, len(answer) - room))
 
 

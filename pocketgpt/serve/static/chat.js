@@ -191,7 +191,9 @@
       if (!t.text) return;                                  // part of a character: drawn with the next token
       const span = document.createElement("span");
       span.className = `tok ${bucket(t.prob)}`;
-      if (/^\p{C}+$/u.test(t.text)) span.classList.add(t.text.includes("\n") ? "newline" : "blank");  // a mark to point at
+      if (/^\p{C}+$/u.test(t.text)) {                       // nothing to see: a mark (CSS) to point at
+        span.classList.add(t.text.includes("\n") ? "newline" : "blank");
+      }
       span.textContent = t.text;
       span.tabIndex = parts.length ? -1 : 0;                // one tab stop per answer; arrow keys move within
       explained.set(span, { ex, ks: waiting, spans });
@@ -251,7 +253,10 @@
       head.append(name, document.createTextNode(` ${percent(t.prob)} · rank ${t.rank}`));
       ui.popup.append(head);
       const top = section("Top alternatives", "tp-top");
-      for (const c of t.top) row(top, c.label, percent(c.prob), c.id === t.id ? "chosen" : "", c.id === t.id ? "chosen" : "");
+      for (const c of t.top) {
+        const chosen = c.id === t.id ? "chosen" : "";
+        row(top, c.label, percent(c.prob), chosen, chosen);
+      }
       if (t.attended.length) {
         const att = section("Attended to most", "tp-attended");
         for (const a of t.attended) {
