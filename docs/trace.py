@@ -11,9 +11,10 @@ weights, and checked against the weights `model.hidden(..., attn_probs=[])` hand
 with their probabilities, and the KV cache's shape as the engine prefills the prompt and decodes 3 tokens
 (Engine.prefill / Engine.decode over a KVCache; each decode's logits checked against a full forward pass).
 
-Deterministic: the built-in model is trained from a fixed seed on text this script makes, everything runs on one
-CPU thread in float64 (so rounding to 4 decimals hides any difference between machines), and the output holds no
-times, paths or versions. A --checkpoint is also run in float64.
+Without --checkpoint it trains a tiny model itself (seconds), saves it as a pocketgpt checkpoint in a temporary
+folder and loads it back, so both ways run the same path. Deterministic: the tiny model is trained from a fixed
+seed on text this script makes, everything runs on one CPU thread in float64 (so rounding to 4 decimals hides any
+difference between machines), and the output holds no times, paths or versions.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from pocketgpt.checkpoint import load_checkpoint, prompt_bos
+from pocketgpt.checkpoint import load_checkpoint, prompt_bos, save_checkpoint
 from pocketgpt.config import ModelConfig
 from pocketgpt.explain import explain_tokens
 from pocketgpt.generate.engine import Engine
@@ -58,7 +60,8 @@ def training_text(n_sentences: int = 300, seed: int = SEED) -> str:
 
 
 def tiny_model(steps: int = 150) -> tuple[GPT, Tokenizer, str]:
-    """A 2-layer, 32-wide GPT trained for `steps` AdamW steps on `training_text`, in float64, from SEED."""
+    """A 2-layer, 32-wide GPT trained for `steps` AdamW steps on `training_text`, in float64, from SEED (float64 so
+    that every machine computes the same weights to far more digits than the trace shows)."""
     text = training_text()
     tok = Tokenizer.train([text], vocab_size=360)
     torch.manual_seed(SEED)
@@ -250,21 +253,22 @@ def kv_cache_steps(model: GPT, ids: list[int], tok: Tokenizer) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", help="a pocketgpt checkpoint folder (default: train a tiny model here)")
+    ap.add_argument("--checkpoint", help="a pocketgpt checkpoint or run folder (default: train a tiny model here)")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None, help="start with <|endoftext|>")
     ap.add_argument("--out", type=Path, help="write the markdown here (default: stdout)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
-        model, tok = ckpt.model, ckpt.tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint:
+            path, about = args.checkpoint, f"the checkpoint `{Path(args.checkpoint).name}`"
+        else:  # the tiny model goes through a checkpoint on disk too, like any trained model
+            model, tok, about = tiny_model()
+            path = save_checkpoint(Path(tmp), "ckpt-tiny", model.float(), tok)
+            about += ", saved as a checkpoint and loaded back"
+        ckpt = load_checkpoint(path)
         bos = prompt_bos(ckpt) if args.bos is None else args.bos
-        about = f"the checkpoint `{Path(args.checkpoint).name}`"
-    else:
-        model, tok, about = tiny_model()
-        bos = True if args.bos is None else args.bos
-    text = trace(model, tok, args.prompt, bos, about)
+        text = trace(ckpt.model, ckpt.tokenizer, args.prompt, bos, about)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     else:

@@ -641,3 +641,20 @@ def test_readme_quick_start_is_the_top_of_the_readme():
     qs = quick_start(ROOT / "README.md")
     assert QUICK_START_AFTER in qs and "make quickstart" in qs
     assert len(qs) < len((ROOT / "README.md").read_text(encoding="utf-8"))
+
+
+GPT2_FILES = ROOT.parent / "shared" / "data" / "gpt2"  # encoder.json + vocab.bpe, where this checkout has them
+
+
+@pytest.mark.skipif(not (GPT2_FILES / "encoder.json").exists(), reason="GPT-2's vocabulary files are not here")
+def test_what_how_gpt_works_says_about_gpt2s_vocabulary():
+    """Section 1's GPT-2 facts, checked where GPT-2's own files are at hand (the default tests never need them)."""
+    from pocketgpt import Tokenizer
+
+    tok = Tokenizer.from_gpt2_files(GPT2_FILES)
+    assert tok.n_vocab == 50257 and tok.encode("Hello world") == [15496, 995] and tok.decode([995]) == " world"
+    assert [tok.decode_bytes([i]) for i in tok.encode(" 🤖")] == [b" \xf0\x9f", b"\xa4", b"\x96"]
+    assert len(tok.encode("<|endoftext|>")) == 7 and tok.encode("<|endoftext|>", allowed_special="all") == [50256]
+    assert tok.decode([0]) == "!"
+    chat = tok.with_chat_specials().special_tokens
+    assert [chat[s] for s in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")] == [50257, 50258, 50259, 50260]
