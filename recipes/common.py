@@ -1,9 +1,11 @@
-"""What the recipes share: config files, per-stage timing and memory, run configs, batched chat decoding, tables.
+"""What the recipes share: config files, training stages, per-stage timing and memory, answer losses, batched chat
+decoding, tables.
 
-Lives here: reading a recipe's YAML (with its `quick:` overrides), the `Report` that times each stage and
-records its peak memory, building `TrainRun` / `FinetuneRun` from plain dicts (the library's own schema,
-so unknown keys are errors), greedy chat completion in batches, and the markdown tables.
-Not here: any training loop (the recipes call `pretrain` and `finetune`), the recipes themselves (one module each,
+Lives here: reading a recipe's YAML (with its `quick:` overrides); building `TrainRun` / `FinetuneRun` from plain
+dicts (the library's own schema, so unknown keys are errors); the base checkpoint (pre-trained here, or `--init`)
+and the fine-tuning stage, each returning its figures; the `Report` that times each stage and records its peak
+memory; the answer-token loss of chat conversations; greedy chat completion in batches; the markdown tables.
+Not here: any training loop (the stages call `pretrain` and `finetune`), the recipes themselves (one module each,
 named after the recipe), argument parsing (run.py).
 """
 
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.config import FinetuneRun, SampleConfig, TrainRun, deep_merge, from_dict, to_dict
 from pocketgpt.device import describe_cpu
 
@@ -67,8 +70,6 @@ def base_checkpoint(cfg: dict, corpus: Path, out: Path, report, init: Path | Non
     """The checkpoint to fine-tune and its figures: `init` as given (e.g. GPT-2 converted with `pocketgpt convert
     --from-hf`), else a model pre-trained on `corpus` into out/base (stage "pre-train": final.json, time, memory)."""
     if init is not None:
-        from pocketgpt.checkpoint import load_checkpoint
-
         print(f"--init {init}: fine-tuning that checkpoint, no pre-training")
         return init, {"init": str(init), "parameters": load_checkpoint(init).model.num_params()}
     from pocketgpt.train.pretrain import pretrain
@@ -76,6 +77,31 @@ def base_checkpoint(cfg: dict, corpus: Path, out: Path, report, init: Path | Non
     with report.stage("pre-train") as st:
         pretrain(train_run(cfg, corpus, out / "base"))
     return out / "base", {**final(out / "base"), **cost(st), "parameters": trainable_parameters(out / "base")}
+
+
+def finetune_stage(
+    report, base: Path, section: dict, data, out_dir: Path, task: str = "chat", stage: str = "chat fine-tune"
+) -> dict:
+    """Stage `stage`: fine-tune checkpoint `base` with one `finetune*` section into out_dir. `data`: the input file,
+    or a function that writes it and returns its path (called inside the stage, so its time counts). Returns
+    final.json's figures, the stage's time and memory and the trainable-parameter count."""
+    from pocketgpt.finetune.run import finetune
+
+    with report.stage(stage) as st:
+        finetune(base, finetune_run(section, data() if callable(data) else data, out_dir, task))
+    return {**final(out_dir), **cost(st), "trainable_parameters": trainable_parameters(out_dir)}
+
+
+def tokenizer_and_block(checkpoint: Path) -> tuple[Any, int]:
+    """The checkpoint's tokenizer as chat fine-tuning extends it (with the chat special tokens, which GPT-2's lacks;
+    one that has them is returned as it is) and its context length; the model itself is let go."""
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt.tokenizer.with_chat_specials(), ckpt.model.config.block_size
+
+
+def who(init: Path | None, tail: str = "") -> str:
+    """The model's row label in a results table: pre-trained here, or the --init checkpoint."""
+    return ("GPT-2 (--init) chat fine-tuned" if init else "GPT pre-trained here, chat fine-tuned") + tail
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -93,8 +119,6 @@ def trainable_parameters(run_dir: Path) -> int:
     final = json.loads((run_dir / "final.json").read_text())
     if "trainable_parameters" in final:
         return int(final["trainable_parameters"])
-    from pocketgpt.checkpoint import load_checkpoint
-
     return load_checkpoint(run_dir).model.num_params()
 
 
@@ -248,6 +272,38 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+# --- answer loss ----------------------------------------------------------------------------------
+
+
+def eval_dtype(cfg: dict) -> torch.dtype:
+    """The autocast dtype training used (the `pretrain` section's dtype on this CPU), for scoring the same way."""
+    from pocketgpt.device import pick_dtype
+
+    return pick_dtype(cfg["pretrain"].get("dtype", "auto"), torch.device("cpu"))
+
+
+def answer_loss(ckpt, convs: list, dtype) -> dict:
+    """Mean loss (nats/token) of the assistant tokens of chat conversations, each cropped to the model's context;
+    with the token count and sft.encode_chats's counts (cropped, ...)."""
+    from pocketgpt.data import sft
+
+    examples, stats = sft.encode_chats(convs, ckpt.tokenizer, ckpt.model.config.block_size, "crop")
+    r = sft.answer_loss(ckpt.model, examples, batch_size=16, dtype=dtype)
+    return {"answer_loss": r["val_answer_loss"], "answer_tokens": r["val_answer_tokens"], **stats}
+
+
+def base_answer_loss(report, base: Path, convs: list, dtype, stage: str) -> dict | None:
+    """Stage `stage`: answer_loss under the base checkpoint, or None (no stage) when its tokenizer has no chat
+    tokens yet, as GPT-2 converted with `pocketgpt convert --from-hf` (fine-tuning adds them)."""
+    from pocketgpt.tokenizer.chat import chat_problem
+
+    ckpt = load_checkpoint(base)
+    if chat_problem(ckpt.tokenizer, None) is not None:
+        return None
+    with report.stage(stage):
+        return answer_loss(ckpt, convs, dtype)
+
+
 # --- generation -----------------------------------------------------------------------------------
 
 
@@ -287,17 +343,23 @@ def chat_complete(
 
 __all__ = [
     "Report",
+    "answer_loss",
+    "base_answer_loss",
     "base_checkpoint",
     "chat_complete",
     "cost",
+    "eval_dtype",
     "final",
     "finetune_run",
+    "finetune_stage",
     "load_config",
     "mem",
     "pct",
     "table",
     "to_dict",
+    "tokenizer_and_block",
     "train_run",
     "trainable_parameters",
+    "who",
     "write_jsonl",
 ]

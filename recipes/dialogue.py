@@ -4,8 +4,8 @@ loss on assistant turns only). Judged by the answer-token loss on the held-out t
 model of the training turns' tokens), by greedy next-turn replies to held-out contexts (sacrebleu BLEU / chrF,
 beside always giving the most frequent training reply), and by a few conversations shown as they came.
 
-Lives here: reading DailyDialog's `__eou__` files, the two renderings, the baselines and the recipe. Not here:
-timing, memory, run configs, batched decoding and tables (common.py), argument parsing (run.py).
+Lives here: reading DailyDialog's `__eou__` files, the two renderings, the baselines and the recipe. Not here: what
+the recipes share (common.py), argument parsing (run.py).
 """
 
 from __future__ import annotations
@@ -15,23 +15,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import torch
-from common import (
-    Report,
-    base_checkpoint,
-    chat_complete,
-    cost,
-    final,
-    finetune_run,
-    pct,
-    table,
-    trainable_parameters,
-    write_jsonl,
-)
+import common as C
 
 from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.run import finetune
 
 
 def read_dailydialog(path: Path) -> list[list[str]]:
@@ -79,12 +66,10 @@ def distinct(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None = None) -> tuple[dict, list[str]]:
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report, init: Path | None = None) -> tuple[dict, list[str]]:
     import sacrebleu
 
     from pocketgpt.data import sft
-    from pocketgpt.device import pick_dtype
-    from pocketgpt.tokenizer.chat import chat_problem
 
     ev, folder = cfg["eval"], data_dir / "dailydialog"
     with report.stage("prepare data"):
@@ -92,15 +77,15 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         held = {tuple(d) for d in test}
         train_all = read_dailydialog(folder / "train" / "dialogues_train.txt")
         train = [d for d in train_all if tuple(d) not in held]  # DailyDialog repeats some test dialogues in train
-        corpus = write_jsonl(out / "data" / "pretrain.jsonl", ({"text": "\n".join(d)} for d in train))
+        corpus = C.write_jsonl(out / "data" / "pretrain.jsonl", ({"text": "\n".join(d)} for d in train))
         chats = [{"messages": as_chat(d, first)} for d in train for first in ("user", "assistant")]
         random.Random(0).shuffle(chats)
-        chat_file = write_jsonl(out / "data" / "chat.jsonl", chats)
+        chat_file = C.write_jsonl(out / "data" / "chat.jsonl", chats)
     print(
         f"dialogue: {len(train)} training dialogues ({len(train_all) - len(train)} left out: they repeat a test "
         f"dialogue), {len(chats)} chat records, {len(test)} test dialogues"
     )
-    base, pre = base_checkpoint(cfg, corpus, out, report, init)
+    base, pre = C.base_checkpoint(cfg, corpus, out, report, init)
     m: dict = {
         "train_dialogues": len(train),
         "repeats_of_test_left_out": len(train_all) - len(train),
@@ -108,27 +93,17 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         "chat_records": len(chats),
         "pretrain": pre,
     }
-    dtype = pick_dtype(cfg["pretrain"].get("dtype", "auto"), torch.device("cpu"))
+    dtype = C.eval_dtype(cfg)
     # each test dialogue once, the assistant alternately the second and the first speaker: half of all turns scored
     test_convs = [as_chat(d, "user" if i % 2 == 0 else "assistant") for i, d in enumerate(test)]
-
-    def test_loss(ckpt) -> dict:
-        examples, stats = sft.encode_chats(test_convs, ckpt.tokenizer, ckpt.model.config.block_size, "crop")
-        r = sft.answer_loss(ckpt.model, examples, batch_size=16, dtype=dtype)
-        return {"answer_loss": r["val_answer_loss"], "answer_tokens": r["val_answer_tokens"], **stats}
-
-    base_ckpt = load_checkpoint(base)
-    if chat_problem(base_ckpt.tokenizer, None) is None:  # a GPT-2 --init has no chat tokens before fine-tuning
-        with report.stage("test answer loss, base model"):
-            m["before"] = test_loss(base_ckpt)
-    del base_ckpt
-    with report.stage("chat fine-tune") as st:
-        finetune(base, finetune_run(cfg["finetune"], chat_file, out / "chat", "chat"))
-    m["finetune"] = {**final(out / "chat"), **cost(st), "trainable_parameters": trainable_parameters(out / "chat")}
+    before = C.base_answer_loss(report, base, test_convs, dtype, "test answer loss, base model")
+    if before is not None:  # None: a GPT-2 --init has no chat tokens before fine-tuning
+        m["before"] = before
+    m["finetune"] = C.finetune_stage(report, base, cfg["finetune"], chat_file, out / "chat")
     ckpt = load_checkpoint(out / "chat")
     tok, block = ckpt.tokenizer, ckpt.model.config.block_size
     with report.stage("test answer loss, fine-tuned"):
-        m["after"] = test_loss(ckpt)
+        m["after"] = C.answer_loss(ckpt, test_convs, dtype)
         ex, _ = sft.encode_chats(test_convs, tok, block, "crop")
         answers = [[i for i, keep in zip(ids[1:], mask[1:]) if keep] for ids, mask in ex]
         m["unigram_answer_loss"] = unigram_loss([t for d in train for t in d], answers, tok)
@@ -139,7 +114,9 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
     common = Counter(t for d in train for t in d[1:]).most_common(1)[0][0]
     with report.stage("greedy replies to held-out turns") as st:
         prompts = [fit_history(h, tok, block - ev["max_new_tokens"]) for h, _ in pairs]
-        outs = chat_complete(ckpt.model, tok, prompts, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"])
+        outs = C.chat_complete(
+            ckpt.model, tok, prompts, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"]
+        )
     refs = [r for _, r in pairs]
 
     def score(hyps):
@@ -151,7 +128,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
             "mean_words": sum(len(h.split()) for h in hyps) / len(hyps),
         }
 
-    m["replies"] = {"model": score(outs), "most_frequent": score([common] * len(refs)), "n": len(refs), **cost(st)}
+    m["replies"] = {"model": score(outs), "most_frequent": score([common] * len(refs)), "n": len(refs), **C.cost(st)}
     m["most_frequent_reply"] = common
 
     # conversations shown as they came: the first test dialogues; the model answers every second turn, each time
@@ -160,7 +137,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
     for d in test[: ev["examples"]]:
         hist, conv = as_chat(d, "user"), []
         for k in range(1, min(len(d), 2 * ev["example_exchanges"]), 2):
-            reply = chat_complete(
+            reply = C.chat_complete(
                 ckpt.model,
                 tok,
                 [fit_history(hist[:k], tok, block - ev["max_new_tokens"])],
@@ -177,16 +154,16 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         ["pre-trained model (before chat fine-tuning)", f"{b['answer_loss']:.3f}" if b else "- (no chat tokens)"],
         ["after chat fine-tuning", f"**{a['answer_loss']:.3f}**"],
     ]
-    t1 = table([f"model: test answer-token loss, nats/token ({a['answer_tokens']:,} tokens)", "loss"], loss_rows)
+    t1 = C.table([f"model: test answer-token loss, nats/token ({a['answer_tokens']:,} tokens)", "loss"], loss_rows)
     r = m["replies"]
-    t2 = table(
+    t2 = C.table(
         [f"next-turn replies to {r['n']} held-out contexts", "BLEU", "chrF", "exact", "distinct-2", "words/reply"],
         [
             [
                 name,
                 f"{r[k]['BLEU']:.1f}",
                 f"{r[k]['chrF']:.1f}",
-                pct(r[k]["exact"]),
+                C.pct(r[k]["exact"]),
                 f"{r[k]['distinct_2']:.3f}",
                 f"{r[k]['mean_words']:.1f}",
             ]
@@ -197,7 +174,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         f"{m['finetune']['trainable_parameters']:,} parameters, all trained; test dialogues (the assistant alternately "
         f"the second and the first speaker) cropped to the context of {block}: {a['cropped']} of {len(test_convs)}"
     )
-    t3 = table(
+    t3 = C.table(
         ["dialogue", "user (test turn)", "reference reply", "model reply"],
         [[i + 1, x["user"], x["reference"], x["model"]] for i, conv in enumerate(shown) for x in conv],
     )

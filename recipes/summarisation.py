@@ -3,8 +3,8 @@ fine-tune it (user: "Summarise the dialogue:" + dialogue, assistant: the summary
 greedy-summarise the test dialogues and score them with `rouge-score` (ROUGE-1/2/L F1, Porter stemmer), beside the
 LEAD-3 baseline (the first three turns) and the first turn alone, scored the same way on the same split.
 
-Lives here: reading SAMSum's JSON, fitting a dialogue to the context, the baselines and the recipe. Not here:
-timing, memory, run configs, batched decoding and tables (common.py), argument parsing (run.py).
+Lives here: reading SAMSum's JSON, fitting a dialogue to the context, the baselines and the recipe. Not here: what
+the recipes share (common.py), argument parsing (run.py).
 """
 
 from __future__ import annotations
@@ -12,21 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import (
-    Report,
-    base_checkpoint,
-    chat_complete,
-    cost,
-    final,
-    finetune_run,
-    table,
-    trainable_parameters,
-    write_jsonl,
-)
+import common as C
 
 from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.run import finetune
 
 PROMPT = "Summarise the dialogue:\n"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -81,46 +70,43 @@ def fit_dialogue(dialogue: str, tokenizer, max_tokens: int) -> str:
     return text[:cut] if cut > 0.75 * len(text) else text
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None = None) -> tuple[dict, list[str]]:
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report, init: Path | None = None) -> tuple[dict, list[str]]:
     ev = cfg["eval"]
     with report.stage("prepare data"):
         folder = data_dir / "samsum"
         train, dropped = read_samsum(folder / "train.json")
         test, _ = read_samsum(folder / "test.json")
         test = test[: ev["test_dialogues"]] if ev.get("test_dialogues") else test
-        corpus = write_jsonl(
+        corpus = C.write_jsonl(
             out / "data" / "pretrain.jsonl", ({"text": f"{r['dialogue']}\n\n{r['summary']}"} for r in train)
         )
     print(f"summarisation: {len(train)} training dialogues ({dropped} empty left out), {len(test)} test dialogues")
-    base, pre = base_checkpoint(cfg, corpus, out, report, init)
+    base, pre = C.base_checkpoint(cfg, corpus, out, report, init)
     m: dict = {"train_dialogues": len(train), "empty_left_out": dropped, "test_dialogues": len(test), "pretrain": pre}
-    base_ckpt = load_checkpoint(base)
-    tok, block = base_ckpt.tokenizer, base_ckpt.model.config.block_size
-    del base_ckpt
+    tok, block = C.tokenizer_and_block(base)
     budget = block - ev["max_new_tokens"] - len(tok.encode(PROMPT)) - 4  # 4: <|endoftext|>, role tokens, <|end|>
     if budget < 16:
         raise UserError(f"block_size {block} leaves {budget} tokens for a dialogue after {ev['max_new_tokens']} new")
-    with report.stage("chat fine-tune") as st:
-        chats = [
-            {
-                "messages": [
-                    {"role": "user", "content": PROMPT + fit_dialogue(r["dialogue"], tok, budget)},
-                    {"role": "assistant", "content": r["summary"]},
-                ]
-            }
-            for r in train
-        ]
-        chat_file = write_jsonl(out / "data" / "chat.jsonl", chats)
-        finetune(base, finetune_run(cfg["finetune"], chat_file, out / "chat", "chat"))
-    m["finetune"] = {**final(out / "chat"), **cost(st), "trainable_parameters": trainable_parameters(out / "chat")}
+    chats = (  # written inside the fine-tuning stage
+        {
+            "messages": [
+                {"role": "user", "content": PROMPT + fit_dialogue(r["dialogue"], tok, budget)},
+                {"role": "assistant", "content": r["summary"]},
+            ]
+        }
+        for r in train
+    )
+    m["finetune"] = C.finetune_stage(
+        report, base, cfg["finetune"], lambda: C.write_jsonl(out / "data" / "chat.jsonl", chats), out / "chat"
+    )
     refs = [r["summary"] for r in test]
     with report.stage("summarise the test dialogues") as st:
         ckpt = load_checkpoint(out / "chat")
         prompts = [PROMPT + fit_dialogue(r["dialogue"], ckpt.tokenizer, budget) for r in test]
-        outs = chat_complete(
+        outs = C.chat_complete(
             ckpt.model, ckpt.tokenizer, prompts, max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"]
         )
-    m["model"] = {**rouge(outs, refs), **cost(st)}
+    m["model"] = {**rouge(outs, refs), **C.cost(st)}
     with report.stage("baselines: LEAD-3, first turn"):
         m["lead3"] = rouge([lead(r["dialogue"], 3) for r in test], refs)
         m["first_turn"] = rouge([lead(r["dialogue"], 1) for r in test], refs)
@@ -133,10 +119,9 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
     def row(name, k):
         return [name, *(f"{m[k][t]:.1f}" for t in ROUGE_TYPES)]
 
-    who = "GPT-2 (--init) chat fine-tuned" if init else "GPT pre-trained here, chat fine-tuned"
-    head = table(
+    head = C.table(
         ["method", "ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1"],
-        [row(who, "model"), row("LEAD-3 (first three turns)", "lead3"), row("first turn", "first_turn")],
+        [row(C.who(init), "model"), row("LEAD-3 (first three turns)", "lead3"), row("first turn", "first_turn")],
     )
     params = m["finetune"]["trainable_parameters"]
     info = (
@@ -144,7 +129,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report, init: Path | None 
         f"trained; chat fine-tune val answer loss {m['finetune']['val_answer_loss']:.3f}; "
         f"{m['cropped_test_dialogues']} test dialogues cut to {budget} tokens to fit the context of {block}"
     )
-    ex = table(
+    ex = C.table(
         ["dialogue", "reference summary", "model output"],
         [[x["dialogue"], x["reference"], x["output"]] for x in m["examples"]],
     )

@@ -1,8 +1,8 @@
 """Translation, English <-> Chinese (Tatoeba): pre-train on the training pairs as text, chat fine-tune on both
 directions, greedy-decode the held-out pairs, score with sacrebleu (chrF, BLEU).
 
-Lives here: reading cmn.txt, the held-out split and the recipe. Not here: timing, memory, run configs, batched
-decoding and tables (common.py), argument parsing (run.py).
+Lives here: reading cmn.txt, the held-out split and the recipe. Not here: what the recipes share (common.py),
+argument parsing (run.py).
 """
 
 from __future__ import annotations
@@ -10,23 +10,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from common import (
-    Report,
-    chat_complete,
-    cost,
-    final,
-    finetune_run,
-    pct,
-    table,
-    train_run,
-    trainable_parameters,
-    write_jsonl,
-)
+import common as C
 
 from pocketgpt.checkpoint import load_checkpoint
 from pocketgpt.errors import UserError
-from pocketgpt.finetune.run import finetune
-from pocketgpt.train.pretrain import pretrain
 
 TO_ZH, TO_EN = "Translate to Chinese: ", "Translate to English: "
 
@@ -44,7 +31,7 @@ def read_tatoeba(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, list[str]]:
+def run(cfg: dict, data_dir: Path, out: Path, report: C.Report) -> tuple[dict, list[str]]:
     import sacrebleu
 
     split = cfg["split"]
@@ -59,7 +46,7 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, lis
             f"({len(pairs) - len(test) - len(train)} dropped: they share a sentence with a held-out pair)"
         )
         docs = ({"text": f"{e}\n{z}" if i % 2 == 0 else f"{z}\n{e}"} for i, (e, z) in enumerate(train))
-        corpus = write_jsonl(out / "data" / "pretrain.jsonl", docs)
+        corpus = C.write_jsonl(out / "data" / "pretrain.jsonl", docs)
         chats = [
             r
             for e, z in train
@@ -69,23 +56,15 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, lis
             )
         ]
         random.Random(split["seed"]).shuffle(chats)
-        chat_file = write_jsonl(out / "data" / "chat.jsonl", chats)
-    with report.stage("pre-train") as st:
-        pretrain(train_run(cfg, corpus, out / "base"))
-    m: dict = {
-        "train_pairs": len(train),
-        "test_pairs": len(test),
-        "chat_records": len(chats),
-        "pretrain": {**final(out / "base"), **cost(st)},
-    }
-    with report.stage("chat fine-tune") as st:
-        finetune(out / "base", finetune_run(cfg["finetune"], chat_file, out / "chat", "chat"))
-    m["finetune"] = {**final(out / "chat"), **cost(st), "trainable_parameters": trainable_parameters(out / "chat")}
+        chat_file = C.write_jsonl(out / "data" / "chat.jsonl", chats)
+    base, pre = C.base_checkpoint(cfg, corpus, out, report)
+    m: dict = {"train_pairs": len(train), "test_pairs": len(test), "chat_records": len(chats), "pretrain": pre}
+    m["finetune"] = C.finetune_stage(report, base, cfg["finetune"], chat_file, out / "chat")
     ev, tables = cfg["eval"], []
     with report.stage("translate held-out pairs") as st:
         ckpt = load_checkpoint(out / "chat")
         for key, prefix, src, ref, bleu_tok in (("en-zh", TO_ZH, 0, 1, "zh"), ("zh-en", TO_EN, 1, 0, "13a")):
-            hyps = chat_complete(
+            hyps = C.chat_complete(
                 ckpt.model,
                 ckpt.tokenizer,
                 [prefix + p[src] for p in test],
@@ -105,16 +84,16 @@ def run(cfg: dict, data_dir: Path, out: Path, report: Report) -> tuple[dict, lis
             }
             tables.append(
                 f"{key} examples (the first {ev['examples']} held-out pairs):\n\n"
-                + table(
+                + C.table(
                     ["source", "reference", "model output"],
                     [[x["source"], x["reference"], x["output"]] for x in m[key]["examples"]],
                 )
             )
-    m["decode"] = cost(st)
+    m["decode"] = C.cost(st)
     rows = [
-        [k, f"{m[k]['chrF']:.1f}", f"{m[k]['BLEU']:.1f}", pct(m[k]["exact"]), m[k]["n"]] for k in ("en-zh", "zh-en")
+        [k, f"{m[k]['chrF']:.1f}", f"{m[k]['BLEU']:.1f}", C.pct(m[k]["exact"]), m[k]["n"]] for k in ("en-zh", "zh-en")
     ]
-    head = table(
+    head = C.table(
         [
             "direction",
             "chrF (sacrebleu)",
