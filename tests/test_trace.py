@@ -8,7 +8,10 @@ After a change to the model, tokenizer or engine that moves a number, regenerate
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,13 @@ def test_trace_notices_a_softmax_that_differs_from_the_model(trace_mod, monkeypa
     monkeypatch.setattr(trace_mod, "head_scores", off_by_a_bit)
     with pytest.raises(AssertionError, match="differs from the model"):
         trace_mod.trace(model, tok, "a residual", True, about)
+
+
+@pytest.mark.slow
+def test_trace_is_the_same_with_other_cpu_kernels(tmp_path):
+    """Another machine's CPU runs other kernels (AVX2 instead of AVX-512, or none): simulated with
+    ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS, the trace must come out byte for byte the same."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "trace.md"
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=ROOT, env=env, check=True, timeout=300)
+    assert out.read_text(encoding="utf-8") == COMMITTED.read_text(encoding="utf-8")
