@@ -12,9 +12,10 @@ with their probabilities, and the KV cache's shape as the engine prefills the pr
 (Engine.prefill / Engine.decode over a KVCache; each decode's logits checked against a full forward pass).
 
 Without --checkpoint it trains a tiny model itself (seconds), saves it as a pocketgpt checkpoint in a temporary
-folder and loads it back, so both ways run the same path. Deterministic: the tiny model is trained from a fixed
-seed on text this script makes, everything runs on one CPU thread in float64 (so rounding to 4 decimals hides any
-difference between machines), and the output holds no times, paths or versions.
+folder (float32 weights, as every checkpoint) and loads it back, so both ways run the same path. Deterministic: the
+tiny model starts from numpy-drawn weights (`portable_init`) and trains on text this script makes, everything runs on
+one CPU thread in float64 (so rounding to 4 decimals hides any difference between machines: the slow test in
+tests/test_trace.py runs it with other CPU kernels), and the output holds no times, paths or versions.
 """
 
 from __future__ import annotations
