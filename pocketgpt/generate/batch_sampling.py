@@ -42,6 +42,11 @@ def choose_tokens(rows: list, logits: torch.Tensor) -> list[int]:
     for a, s in enumerate(rows):
         sp, temp = s.sample, s.sample.effective_temperature
         groups.setdefault((0.0, 0, 1.0, 0.0) if temp == 0 else (temp, sp.top_k, sp.top_p, sp.min_p), []).append(a)
+    if len(groups) == 1:  # one group (batch 1, or rows with the same settings): no scatter into `out`
+        ((temp, top_k, top_p, min_p),) = groups
+        noise = take_noise(rows, x.shape[-1]) if temp > 0 else None
+        gens = [s.generator for s in rows]
+        return S.pick_rows(x, gens, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, noise=noise).tolist()
     out = torch.empty(len(rows), dtype=torch.long)
     for (temp, top_k, top_p, min_p), idx in groups.items():
         group = [rows[a] for a in idx]

@@ -256,7 +256,8 @@ class Scheduler:
             self._cache = self._pack([(self._cache, self._rows)])
         # 6) one decode forward for every remaining row: its last token, at its own position
         nxt = torch.tensor([s.context[-1] for s in self._rows], dtype=torch.long)  # (B,)
-        positions = torch.tensor([s.fed for s in self._rows])  # (B,)
+        # rows aligned at the cache's slot (no padding: batch 1, or rows that joined together) decode at its position
+        positions = None if self._cache.valid is None else torch.tensor([s.fed for s in self._rows])  # (B,)
         noise = self._noise.start(self._rows)
         self._logits = self.engine.decode(self._cache, nxt, positions)  # (B, V)
         if noise is not None:
