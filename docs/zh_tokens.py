@@ -10,7 +10,8 @@ part; every number below is measured on the held-out part.
 Tokenizers, all loaded or trained through pocketgpt's `Tokenizer`: raw UTF-8 bytes (no merges), GPT-2's vocabulary
 (`Tokenizer.from_gpt2_files`), byte-level BPEs trained with `Tokenizer.train` on the Chinese training parts at a few
 vocabulary sizes, one trained on the English training part, and a character-level vocabulary (`kind="char"`).
-Writes the tables of docs/chinese-tokenization.md (and docs/zh/chinese-tokenization.md) to stdout.
+Writes the tables of docs/chinese-tokenization.md (and docs/zh/chinese-tokenization.md) to stdout, then one
+held-out sentence and its English token by token (id, the characters or character bytes it holds, its bytes).
 """
 
 from __future__ import annotations
@@ -88,6 +89,50 @@ def char_coverage(chars: set[str], docs: list[str]) -> float:
     """The share of CJK character occurrences in `docs` that are in `chars`."""
     seen = [c for d in docs for c in d if is_cjk(c)]
     return sum(c in chars for c in seen) / max(len(seen), 1)
+
+
+def pieces(tok: Tokenizer, text: str) -> list[tuple[int, bytes, str]]:
+    """(id, bytes, what the bytes are) of each token of `text`: the whole characters a token holds, quoted
+    (`'我们'`, `' played'`), and for a character it holds only part of, which of its UTF-8 bytes
+    (`我 (bytes 1-2 of 3)`)."""
+    spans, pos = [], 0  # (first byte, end byte, character) of each character of `text`
+    for c in text:
+        n = len(c.encode("utf-8"))
+        spans.append((pos, pos + n, c))
+        pos += n
+    out, pos = [], 0
+    for i in tok.encode(text):
+        b = tok.decode_bytes([i])
+        end, parts, run = pos + len(b), [], ""
+        for a, z, c in spans:
+            if z <= pos or a >= end:
+                continue
+            lo, hi = max(a, pos) - a + 1, min(z, end) - a
+            if (lo, hi) == (1, z - a):
+                run += c
+                continue
+            if run:
+                parts.append(repr(run))
+                run = ""
+            parts.append(f"{c} (byte {lo} of {z - a})" if lo == hi else f"{c} (bytes {lo}-{hi} of {z - a})")
+        if run:
+            parts.append(repr(run))
+        out.append((i, b, " + ".join(parts)))
+        pos = end
+    return out
+
+
+def show_pieces(toks: dict[str, Tokenizer], texts: list[str]) -> str:
+    """Each text's tokens under each tokenizer: id, what the token's bytes are, the bytes in hex."""
+    out = []
+    for text in texts:
+        for name, tok in toks.items():
+            ps = pieces(tok, text)
+            out += [f"{name}: {text!r}: {len(text)} characters, {len(text.encode())} bytes, {len(ps)} tokens", ""]
+            out += ["    id  piece                 UTF-8 bytes"]
+            out += [f"{i:>6}  {what:<21} {b.hex(' ')}" for i, b, what in ps]
+            out.append("")
+    return "\n".join(out)
 
 
 # ---- the corpora ---------------------------------------------------------------------------------------------------
@@ -191,6 +236,9 @@ def tables(corpora, toks: dict[str, Tokenizer]) -> str:
     return "\n".join(out)
 
 
+EXAMPLE = ("我们昨天踢了足球。", "We played soccer yesterday.")  # a held-out Tatoeba pair
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shared", default="../shared/data", help="the folder ../shared/data/README.md describes")
@@ -205,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{datetime.date.today().isoformat()}; `python docs/zh_tokens.py {' '.join(argv or sys.argv[1:])}`")
     print(f"Training / held-out documents: {sizes}\n")
     print(tables(corpora, toks))
+    shown = {t: toks[t] for t in ("GPT-2", "BPE zh 8k") if t in toks}
+    print(f"\nOne held-out sentence and its English, token by token:\n\n{show_pieces(shown, list(EXAMPLE))}")
     print(f"\n({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
 

@@ -68,3 +68,24 @@ def test_bpe_trained_on_chinese_needs_fewer_tokens_per_char_than_bytes(zt, byte_
 def test_split_holds_out_every_tenth_item(zt):
     train, held = zt.split([str(i) for i in range(25)])
     assert held == ["0", "10", "20"] and len(train) == 22 and not set(train) & set(held)
+
+
+def test_pieces_name_whole_characters_and_byte_fragments(zt, byte_tok):
+    raw = zt.pieces(byte_tok, "我a")  # 我 = e6 88 91
+    assert [(b, what) for _, b, what in raw] == [
+        (b"\xe6", "我 (byte 1 of 3)"),
+        (b"\x88", "我 (byte 2 of 3)"),
+        (b"\x91", "我 (byte 3 of 3)"),
+        (b"a", "'a'"),
+    ]
+    for merges in (60, 120):
+        tok = Tokenizer.train(["\n".join(SENTENCES * 20)], vocab_size=256 + 5 + merges)
+        ps = zt.pieces(tok, "我们去公园")
+        assert b"".join(b for _, b, _ in ps) == "我们去公园".encode() and [i for i, _, _ in ps] == tok.encode(
+            "我们去公园"
+        )
+        whole = "".join(w.strip("'") for _, _, what in ps for w in what.split(" + ") if w.startswith("'"))
+        assert set(whole) <= set("我们去公园")
+    assert [what for _, _, what in ps] == ["'我们去公园'"]  # 120 merges: the whole phrase is one token
+    text = zt.show_pieces({"bytes": byte_tok}, ["我"])
+    assert "3 bytes, 3 tokens" in text and "e6" in text
