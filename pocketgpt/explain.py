@@ -148,10 +148,20 @@ def check_top_k(top_k) -> int:
     return top_k
 
 
+class _LastOnly(list):
+    """An `attn_probs` list that keeps only the latest layer's weights (one layer's n_head x T x T in memory)."""
+
+    def append(self, w: torch.Tensor) -> None:
+        self[:] = [w]
+
+
 @torch.no_grad()
-def forward_with_attention(model: GPT, ids: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+def forward_with_attention(
+    model: GPT, ids: Sequence[int], last_layer_only: bool = False
+) -> tuple[torch.Tensor, np.ndarray]:
     """One forward pass of `ids` in eval mode: the logits (T, V) and every layer's attention weights,
-    (n_layer, n_head, T, T) float32, from the written-out formula."""
+    (n_layer, n_head, T, T) float32, from the written-out formula; (1, n_head, T, T), the last layer's, with
+    `last_layer_only`."""
     if isinstance(model, GPTClassifier):
         raise UserError("this checkpoint is a classifier: explain shows the next-token predictions of a language model")
     ids = [int(i) for i in ids]
@@ -165,7 +175,7 @@ def forward_with_attention(model: GPT, ids: Sequence[int]) -> tuple[torch.Tensor
         raise UserError(f"token id {bad[0]} is outside the model's vocabulary (0..{model.config.vocab_size - 1})")
     device = next(model.parameters()).device
     training = model.training
-    weights: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = _LastOnly() if last_layer_only else []
     model.eval()
     try:
         h = model.hidden(torch.tensor([ids], dtype=torch.long, device=device), attn_probs=weights)  # (1, T, C)
@@ -280,7 +290,7 @@ def token_report(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], top_k: in
     check_top_k(top_k)
     if not isinstance(n_attended, int) or n_attended < 0:
         raise UserError(f"n_attended must be an integer >= 0, got {n_attended!r}")
-    logits, attention = forward_with_attention(model, ids)
+    logits, attention = forward_with_attention(model, ids, last_layer_only=True)
     last = attention[-1].mean(axis=0)  # (T, T): the last layer, mean over heads
     positions = []
     for p in _positions(tokenizer, ids, logits, top_k):
