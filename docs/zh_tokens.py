@@ -153,7 +153,9 @@ def load_corpora(root: Path) -> dict[str, tuple[list[str], list[str]]]:
     }
     novel = (root / "zh" / "hongloumeng_pg24264.txt").read_text(encoding="utf-8")
     novel = "\n".join(line for line in novel.splitlines() if not line.startswith("----"))
-    chapters = [c.replace("\n", "") for c in re.split(r"\n(?=第[一二三四五六七八九十百]+回)", novel) if c.strip()]
+    chapters = [
+        c.replace("\n", "") for c in re.split(r"\n(?=第[一二三四五六七八九十百零〇]+回[　\n])", novel) if c.strip()
+    ]
     cut = len(chapters) - len(chapters) // HELD_OUT
     corpora["紅樓夢 (prose, traditional)"] = (chapters[:cut], chapters[cut:])
     poetry = root / "zh" / "chinese-poetry"
