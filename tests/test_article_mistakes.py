@@ -152,7 +152,9 @@ def test_nn_transformer_is_encoder_decoder_and_needs_a_target():
 
 def test_nn_transformer_device_passed_positionally_lands_in_a_layer_count():
     with pytest.raises(TypeError):
-        nn.Transformer(16, 2, 1, "cpu")  # (d_model, nhead, num_encoder_layers, num_decoder_layers=...)
+        nn.Transformer(
+            16, 2, 1, "cpu", batch_first=True
+        )  # (d_model, nhead, num_encoder_layers, num_decoder_layers=...)
     silent = nn.Transformer(16, 2, 1, 0, batch_first=True)  # device index 0 ("cuda:0") becomes num_decoder_layers=0
     assert len(silent.decoder.layers) == 0 and len(silent.encoder.layers) == 1
     assert nn.TransformerEncoderLayer(16, 2).self_attn.batch_first is False  # (T, B, C) unless batch_first=True
@@ -163,7 +165,7 @@ def test_nn_transformer_without_a_mask_lets_earlier_positions_see_the_future():
     t = nn.Transformer(16, 2, 1, 1, 32, 0.0, batch_first=True).eval()
     src, tgt = torch.randn(1, 5, 16), torch.randn(1, 6, 16)
     changed = tgt.clone()
-    changed[:, -1] += 1.0  # change only the LAST target position
+    changed[:, -1] = torch.randn(16)  # change only the LAST target position
     assert not torch.allclose(t(src, tgt)[:, 0], t(src, changed)[:, 0], atol=1e-4)  # position 0 saw it
     mask = nn.Transformer.generate_square_subsequent_mask(6)
     torch.testing.assert_close(t(src, tgt, tgt_mask=mask)[:, :-1], t(src, changed, tgt_mask=mask)[:, :-1])
@@ -171,6 +173,18 @@ def test_nn_transformer_without_a_mask_lets_earlier_positions_see_the_future():
     y = x.clone()
     y[0, -1] = 7
     torch.testing.assert_close(gpt(x)[0][:, :-1], gpt(y)[0][:, :-1])  # pocketgpt: causal by construction
+
+
+def test_nn_transformer_encoder_with_a_causal_mask_is_a_decoder_only_stack():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 64, 0.0, "gelu", batch_first=True, norm_first=True)
+    stack = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=False).eval()
+    x = torch.randn(1, 6, 16)
+    changed = x.clone()
+    changed[:, -1] = torch.randn(16)  # change only the last position
+    mask = nn.Transformer.generate_square_subsequent_mask(6)
+    torch.testing.assert_close(stack(x, mask, is_causal=True)[:, :-1], stack(changed, mask, is_causal=True)[:, :-1])
+    assert not torch.allclose(stack(x)[:, 0], stack(changed)[:, 0], atol=1e-4)  # the same stack without the mask
 
 
 # 8) no positional encoding at all
