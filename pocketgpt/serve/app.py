@@ -4,10 +4,10 @@
 `serve(checkpoint, config)` runs it with uvicorn. Both take a `ServeConfig` (pocketgpt/config.py: address, key,
 limits, precision) and keyword overrides of its fields. Routes: GET /health, GET /metrics (Prometheus, metrics.py),
 GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /v1/embeddings, POST /tokenize and
-/detokenize (llama-server's shapes; extras.py checks their bodies), and the chat page: GET / and GET /static/{chat.js,chat.css} (fixed files shipped in
-serve/static/, open without the key; the page sends the key it is given to the /v1 routes). Each request is parsed
-(protocol.py), submitted to the scheduler, and its tokens formatted (output.py); nothing here does math, and no
-endpoint reads or writes a file a request names. The chat extension `explain` adds to each choice (on its finishing
+/detokenize (llama-server's shapes; extras.py checks their bodies), and the chat page: GET / and GET /static/NAME
+(the fixed files of http.PAGE_FILES, shipped in serve/static/, open without the key; the page sends the key it is
+given to the /v1 routes). Each request is parsed (protocol.py), submitted to the scheduler, and its tokens formatted
+(output.py); nothing here does math, and no endpoint reads or writes a file a request names. The chat extension `explain` adds to each choice (on its finishing
 chunk when streamed) every answer token's probability, top alternatives and most-attended earlier tokens.
 Errors are OpenAI error objects: 400 bad parameter or prompt too long, 401 missing / wrong key (with an api_key),
 404 unknown model or route, 413 body too large, 429 queue full, 503 shutting down; framework validation errors
@@ -35,7 +35,7 @@ from pocketgpt.generate.scheduler import QueueFull, RequestHandle, Scheduler, Sc
 from pocketgpt.generate.structured import ConstraintFactory
 from pocketgpt.model.quant import is_quantized, quantize_model
 from pocketgpt.serve import extras, schemas
-from pocketgpt.serve.http import install_error_handlers, page_file, read_json, unknown_model
+from pocketgpt.serve.http import PAGE_FILES, install_error_handlers, page_file, read_json, unknown_model
 from pocketgpt.serve.output import DONE, ChoiceText, Reply, explain_choice, sse, stop_check, text_logprobs, usage
 from pocketgpt.serve.protocol import APIError, Job, bad, parse_job
 from pocketgpt.serve.schemas import body
@@ -47,8 +47,6 @@ try:
     from pocketgpt.serve.metrics import Metrics
 except ImportError:  # prometheus-client missing: /metrics says how to get it
     Metrics, METRICS_TYPE = None, ""
-
-PAGE_FILES = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}  # all it serves
 
 
 def model_id(ckpt: Checkpoint) -> str:
@@ -171,13 +169,13 @@ def create_app(
 
     @app.get("/", include_in_schema=False)  # the chat page: for browsers, not in the API's schema
     async def chat_page():
-        return page_file("index.html", "text/html; charset=utf-8")
+        return page_file("index.html")
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str):
         if name not in PAGE_FILES:  # a fixed list: no path from the request reaches the disk
             raise StarletteHTTPException(404)
-        return page_file(name, PAGE_FILES[name])
+        return page_file(name)
 
     @app.post("/v1/completions", openapi_extra=body(schemas.COMPLETION), responses=ERRORS)
     async def completions(request: Request):

@@ -26,7 +26,16 @@ PAGE_HEADERS = {  # the page loads nothing from elsewhere and runs no inline scr
 }
 
 
-def page_file(name: str, media_type: str) -> FileResponse:
+PAGE_FILES = {  # everything the chat page is made of; nothing else is ever served from disk
+    "index.html": "text/html; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "tokens.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+}
+
+
+def page_file(name: str) -> FileResponse:
+    media_type = PAGE_FILES[name]
     path = STATIC / name
     if not path.is_file():
         raise APIError(500, f"the chat page's file {name} is missing from this installation of pocketgpt")

@@ -114,13 +114,13 @@ def test_page_and_its_files_need_no_key(web):
     assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     html = page.text
-    assert 'src="/static/chat.js"' in html and 'href="/static/chat.css"' in html
+    assert 'src="/static/chat.js"' in html and 'src="/static/tokens.js"' in html and 'href="/static/chat.css"' in html
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from elsewhere
-    for name, kind in (("chat.js", "javascript"), ("chat.css", "text/css")):
+    for name, kind in (("chat.js", "javascript"), ("tokens.js", "javascript"), ("chat.css", "text/css")):
         r = httpx.get(f"{url}/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
         assert "http://" not in r.text and "https://" not in r.text and "@import" not in r.text
-    assert "innerHTML" not in httpx.get(url + "/static/chat.js").text
+    assert all("innerHTML" not in httpx.get(f"{url}/static/{js}").text for js in ("chat.js", "tokens.js"))
     assert httpx.get(url + "/v1/models").status_code == 401  # the API itself still needs the key
 
 

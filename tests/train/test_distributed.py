@@ -130,6 +130,7 @@ def test_muon_under_ddp_matches_one_process(corpus):
     assert max_diff(weights(out), weights(ref)) <= 1e-5
 
 
+@pytest.mark.slow  # ~40 s: three torchrun launches (make test-all)
 def test_fsdp_checkpoint_resumes_at_world_1_and_2(corpus, one_process, tmp_path):
     """Train 6 of 12 steps with FSDP on 2 processes, then resume to 12: at world 2 (FSDP) bit for bit like the
     uninterrupted FSDP run; at world 1 and under DDP within float32 reduction order of the one-process run."""
@@ -174,6 +175,7 @@ def _worker(agent: int, local_rank: str) -> int | None:
     return None
 
 
+@pytest.mark.slow  # ~35 s: waits out the collective timeout (make test-all)
 def test_a_killed_rank_is_survived(corpus, tmp_path):
     """SIGKILL rank 1 after the first checkpoint: torchrun restarts the group, which resumes on its own (no --resume)
     and ends with the weights of an uninterrupted 2-process run."""
