@@ -13,6 +13,19 @@ def test_temperature_zero_is_argmax():
     assert torch.equal(pick(logits, temperature=0), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_is_argmax_with_ties_nan_and_inf(dtype):
+    """greedy uses max(dim).indices (faster on CPUs): the same index as argmax, the first one on ties."""
+    from pocketgpt.generate.sampling import greedy
+
+    torch.manual_seed(0)
+    for V in (1, 7, 50257):
+        x = torch.randint(0, 3, (4, V)).to(dtype)  # many ties
+        x[1] = float("-inf")
+        x[2, V // 2] = float("nan")
+        assert torch.equal(greedy(x), x.argmax(-1))
+
+
 def test_top_k_keeps_the_k_largest():
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
     kept = torch.isfinite(top_k_filter(logits, 2))[0].tolist()
