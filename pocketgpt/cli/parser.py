@@ -230,38 +230,17 @@ def build_parser(argv: list[str]) -> ArgumentParser:
         description="Exchange checkpoints with Hugging Face transformers (GPT-2); export to GGUF (llama.cpp, "
         "Ollama, LM Studio) or ONNX (onnxruntime).",
     )
-    cv.add_argument(
-        "--from-hf",
-        "--from_hf",
-        dest="from_hf",
-        type=Optional[str],
-        default=None,
-        help="a local transformers GPT-2 folder, or a Hub id such as gpt2 (needs network)",
-    )
-    cv.add_argument(
-        "--to-hf",
-        "--to_hf",
-        dest="to_hf",
-        type=Optional[str],
-        default=None,
-        help="a pocketgpt checkpoint or run folder to export",
-    )
-    cv.add_argument(
-        "--to-gguf",
-        "--to_gguf",
-        dest="to_gguf",
-        type=Optional[str],
-        default=None,
-        help="a pocketgpt checkpoint to export as one GGUF file for llama.cpp / Ollama (OUT ends in .gguf)",
-    )
-    cv.add_argument(
-        "--to-onnx",
-        "--to_onnx",
-        dest="to_onnx",
-        type=Optional[str],
-        default=None,
-        help="a pocketgpt checkpoint to export as ONNX (prefill.onnx + decode.onnx with the KV cache) for onnxruntime",
-    )
+    for name, help_ in (
+        ("from_hf", "a local transformers GPT-2 folder, or a Hub id such as gpt2 (needs network)"),
+        ("to_hf", "a pocketgpt checkpoint or run folder to export"),
+        ("to_gguf", "a pocketgpt checkpoint to export as one GGUF file for llama.cpp / Ollama (OUT ends in .gguf)"),
+        (
+            "to_onnx",
+            "a pocketgpt checkpoint to export as ONNX (prefill.onnx + decode.onnx with the KV cache) for onnxruntime",
+        ),
+    ):  # each spelled --from-hf and --from_hf
+        flag = "--" + name.replace("_", "-")
+        cv.add_argument(flag, "--" + name, dest=name, type=Optional[str], default=None, help=help_)
     cv.add_argument(
         "--type",
         dest="gguf_type",
