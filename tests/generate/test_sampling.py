@@ -13,17 +13,31 @@ def test_temperature_zero_is_argmax():
     assert torch.equal(pick(logits, temperature=0), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("by_max", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_greedy_is_argmax_with_ties_nan_and_inf(dtype):
-    """greedy uses max(dim).indices (faster on CPUs): the same index as argmax, the first one on ties."""
+def test_greedy_is_argmax_with_ties_nan_and_inf(dtype, by_max, monkeypatch):
+    """greedy takes max(dim).indices or argmax, whichever measured faster here: both give argmax's index, the first
+    one on ties."""
+    from pocketgpt.generate import sampling
     from pocketgpt.generate.sampling import greedy
 
+    monkeypatch.setattr(sampling, "_greedy_kernel", lambda logits: by_max)
     torch.manual_seed(0)
     for V in (1, 7, 50257):
         x = torch.randint(0, 3, (4, V)).to(dtype)  # many ties
         x[1] = float("-inf")
         x[2, V // 2] = float("nan")
         assert torch.equal(greedy(x), x.argmax(-1))
+
+
+def test_the_greedy_kernel_is_measured_once_per_shape(monkeypatch):
+    from pocketgpt.generate import sampling
+
+    monkeypatch.setattr(sampling, "_GREEDY_BY_MAX", {})
+    x = torch.randn(2, 4096)
+    first = sampling._greedy_kernel(x)
+    assert sampling._GREEDY_BY_MAX == {("cpu", torch.float32, 4096): first}
+    assert sampling._greedy_kernel(torch.randn(1, 16)) is False  # short rows: argmax, not timed
 
 
 def test_top_k_keeps_the_k_largest():
