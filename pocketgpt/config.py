@@ -154,6 +154,9 @@ class TrainConfig(RuntimeConfig):
     fused_loss: bool = True
     """compute the head and the cross-entropy chunk by chunk (model/head_loss.py), never the whole (batch x context x
     vocabulary) logits: same FLOPs, far less memory; false = lm_head then F.cross_entropy"""
+    attention: Literal["auto", "sdpa", "matmul"] = "auto"
+    """attention kernel: sdpa (PyTorch's fused kernel), matmul (the formula as three matmuls), or auto: whichever
+    runs this run's attention forward + backward faster on this machine (measured at start, cached; SDPA on GPUs)"""
     max_time: float = 0.0
     """stop after this many seconds of training (0 = no limit); the learning-rate decay then follows whichever of
     steps or time runs out first, so a time-limited run is not bit-for-bit repeatable"""

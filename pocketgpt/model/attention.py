@@ -3,11 +3,14 @@
     y = attend(q, k, v, cache=None, layer=0, mask=None, dropout=0.0, probs=None)    q, k, v, y: (B, nh, T, hs)
 
 Lives here: which kernel computes it, and which mask it gets.
-- Kernels. `matmul_attention` is the formula written out as three ops (scores, softmax, mix). It is the only path
-  that forms the attention weights, so it runs whenever the caller asks for them (`probs`: a list that gets this
-  layer's weights appended, (B, nh, T, S)), and on a CPU in bf16 for up to 512 tokens without a cache, where it is
-  2-4x faster than PyTorch's fused kernel (measured: benchmarks/README.md). Everything else runs
-  `F.scaled_dot_product_attention` (flash / memory-efficient kernels that never hold the T x S matrix).
+- Kernels. `matmul_attention` is the formula written out as three ops (scores, softmax, mix); "sdpa" is
+  `F.scaled_dot_product_attention` (flash / memory-efficient kernels that never hold the T x S matrix). The formula
+  is the only path that forms the attention weights, so it runs whenever the caller asks for them (`probs`: a list
+  that gets this layer's weights appended, (B, nh, T, S)). Otherwise `kernel` says which: "sdpa", "matmul", or
+  "auto". Training sets it to whichever measured faster for its own shape on the machine that runs it
+  (train/autotune.py). "auto", for passes nobody measured (evaluation, explain), takes the formula on a CPU in
+  bf16 for up to 512 tokens without a cache, where it was 2-4x faster than the fused kernel on every CPU measured
+  so far (benchmarks/README.md), and SDPA elsewhere.
 - Masks. `mask` is boolean, True where a query may look (broadcast to (B, nh, T, S)); given, it is the whole mask.
   Without one: causal (query t sees keys <= t), except after a filled cache, where one new token sees every slot.
   With a cache the new keys and values are written into it first and the queries attend over all it holds
@@ -23,7 +26,8 @@ import torch.nn.functional as F
 
 from pocketgpt.model.kv_cache import KVCache
 
-MATMUL_MAX_T = 512  # the bf16 CPU shortcut pays up to here (benchmarks/README.md)
+MATMUL_MAX_T = 512  # "auto": the bf16 CPU shortcut paid up to here on every CPU measured (benchmarks/README.md)
+KERNELS = ("auto", "sdpa", "matmul")
 
 
 def matmul_attention(
@@ -70,16 +74,18 @@ def attend(
     mask: torch.Tensor | None = None,
     dropout: float = 0.0,
     probs: list[torch.Tensor] | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """The attention of T new tokens, q, k, v (B, nh, T, hs) -> (B, nh, T, hs).
 
     `cache`: store k, v at layer `layer` and attend over every position it holds (anything with KVCache's `pos`
     and `update(layer, k, v)`); `mask`: the whole boolean mask (see the module docstring); `probs`: a list that gets
-    the attention weights (B, nh, T, S) appended, computed by the written-out formula."""
+    the attention weights (B, nh, T, S) appended, computed by the written-out formula; `kernel`: see the module
+    docstring (with a cache, "auto" is SDPA)."""
     T = q.size(-2)
     causal = mask is None and (cache is None or cache.pos == 0)  # a first chunk without padding: plain causal
     if cache is not None:
         k, v = cache.update(layer, k, v)  # (B, nh, S = past + T, hs)
-    if probs is not None or (cache is None and _matmul_attention_pays(q)):
+    if probs is not None or kernel == "matmul" or (kernel == "auto" and cache is None and _matmul_attention_pays(q)):
         return matmul_attention(q, k, v, dropout, mask=mask, causal=causal, probs=probs)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and T > 1)

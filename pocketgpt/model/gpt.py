@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from pocketgpt.config import ModelConfig
-from pocketgpt.model.attention import attend, matmul_attention  # noqa: F401 (matmul_attention: its old home)
+from pocketgpt.model.attention import KERNELS, attend, matmul_attention  # noqa: F401 (matmul_attention: its old home)
 from pocketgpt.model.head_loss import linear_cross_entropy
 from pocketgpt.model.kv_cache import KVCache
 from pocketgpt.model.positional import POSITIONAL, apply_rotary
@@ -62,6 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
         self.qk_norm = cfg.qk_norm
+        self.kernel = "auto"  # sdpa | matmul | auto (attention.py); training sets the one it measured faster
 
     def forward(
         self,
@@ -81,9 +82,20 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, rot), apply_rotary(k, rot)  # 2) RoPE turns q and k; identity otherwise
         # softmax(Q K^T / sqrt(d_k) + mask) V, the future (and any left padding) masked out: attention.py
         dropout = self.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, cache=kv_cache, layer=self.layer_idx, mask=mask, dropout=dropout, probs=probs)
+        y = attend(
+            q, k, v, cache=kv_cache, layer=self.layer_idx, mask=mask, dropout=dropout, probs=probs, kernel=self.kernel
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+
+def set_attention_kernel(model: nn.Module, kernel: str) -> None:
+    """Every attention layer in `model` (a GPT, or anything holding one: a classifier, LoRA) uses `kernel`."""
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    for m in model.modules():
+        if isinstance(m, CausalSelfAttention):
+            m.kernel = kernel
 
 
 class MLP(nn.Module):

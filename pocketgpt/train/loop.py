@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from pocketgpt.config import TrainConfig
 from pocketgpt.device import autocast
+from pocketgpt.model.gpt import set_attention_kernel
+from pocketgpt.train.autotune import attention_kernel
 from pocketgpt.train.distributed import Dist, full_state, load_optimizer_state, unwrap
 from pocketgpt.train.optim import build_optimizer
 from pocketgpt.train.schedule import lr_at
@@ -146,6 +148,11 @@ def train_loop(
     model.train()
     core.activation_checkpointing = cfg.activation_checkpointing
     core.fused_loss = cfg.fused_loss
+    kernel, why = attention_kernel(cfg.attention, core.config, cfg.batch_size, batches.block_size, dtype, device)
+    kernel = dist.gather_objects(kernel)[0]  # every rank runs rank 0's choice
+    set_attention_kernel(core, kernel)
+    if dist.main:
+        tqdm.write(f"attention: {kernel} ({why})")
     compiled = torch.compile(model) if cfg.compile else model
 
     def checkpoint(name: str) -> None:
