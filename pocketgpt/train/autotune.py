@@ -1,12 +1,13 @@
 """Training choices that depend on the CPU, decided by a measurement on the machine that trains, not by a rule.
 
 `attention_kernel`: PyTorch's fused attention (SDPA) or the formula as three matmuls (model/attention.py). On the
-CPUs measured so far the formula ran a bf16 training step's attention 2-4x faster than SDPA's bf16 kernel and SDPA
-won in float32, but a rule measured on some CPUs is only a guess on the next one. So `train.attention auto` times
-the forward + backward of one layer's attention at the run's own shape (micro-batch, heads, context, head size,
-precision) with both kernels and takes the faster. A few milliseconds, cached per CPU model + torch version +
-threads + shape + precision in `$POCKETGPT_CACHE/measurements.json` (device.cached_measurement); on a GPU, SDPA
-(its flash kernels) without measuring.
+CPUs measured so far the formula ran a bf16 training step's attention 2-4x faster than SDPA's bf16 kernel, and in
+float32 either won by a little depending on the shape and the CPU: a rule measured on some CPUs is only a guess on
+the next one. So `train.attention auto` times the forward + backward of one layer's attention at the run's own
+shape (micro-batch, heads, context, head size, precision) with both kernels and takes the faster, unless the
+formula's T x T weights would not fit comfortably in memory. A few milliseconds, cached per CPU model + torch
+version + threads + shape + precision in `$POCKETGPT_CACHE/measurements.json` (device.cached_measurement); on a
+GPU, SDPA (its flash kernels) without measuring.
 What does not live here: the bf16-or-float32 choice (device.bf16_pays_off), the decode kernels (generate/kernels.py).
 """
 
@@ -22,6 +23,8 @@ from pocketgpt.model.attention import matmul_attention
 
 # the formula must win by this much: SDPA never holds the T x T matrix, so it is the better default on a tie
 MATMUL_MIN_SPEEDUP = 1.05
+# and it is not considered when every layer's (batch, heads, T, T) weights, kept for the backward, would pass this
+MATMUL_MAX_WEIGHT_BYTES = 2 * 2**30
 
 
 def _time_attention(kernel: str, q, k, v, grad, reps: int) -> float:
@@ -62,8 +65,11 @@ def attention_kernel(
     if device.type != "cpu":
         return "sdpa", f"{device.type}: fused kernels"
     shape = (batch, cfg.n_head, T, cfg.head_dim)
+    held = cfg.n_layer * batch * cfg.n_head * T * T * dtype.itemsize
+    if held > MATMUL_MAX_WEIGHT_BYTES:
+        return "sdpa", f"the formula would keep {held / 2**30:.1f} GiB of attention weights for the backward"
     key = (
-        f"attention sdpa/matmul|{cpu_info()['model']}|torch {torch.__version__}|threads {torch.get_num_threads()}|"
+        f"attention sdpa/matmul (additive mask)|{cpu_info()['model']}|torch {torch.__version__}|threads {torch.get_num_threads()}|"
         f"{str(dtype).replace('torch.', '')}|{'x'.join(map(str, shape))}"
     )
     times: dict[str, float] = {}

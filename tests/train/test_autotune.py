@@ -111,3 +111,10 @@ def test_the_loop_measures_by_default(tmp_path, cache, monkeypatch, capsys):
     assert calls == [(tc.batch_size, 2, x.shape[1], 16, torch.float32, CPU)]
     assert all(m.kernel == "matmul" for m in model.modules() if isinstance(m, CausalSelfAttention))
     assert "attention: matmul (measured at" in capsys.readouterr().out
+
+
+def test_the_formula_is_not_considered_when_its_weights_would_not_fit(cache, monkeypatch):
+    calls = fake_timings(monkeypatch, 9.0, 1.0)
+    big = ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=4096, vocab_size=64)
+    kernel, why = autotune.attention_kernel("auto", big, 8, 4096, torch.float32, CPU)  # 12 x 8 x 12 x 4096^2 x 4 B
+    assert kernel == "sdpa" and "GiB of attention weights" in why and calls == []
