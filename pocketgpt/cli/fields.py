@@ -99,10 +99,10 @@ def resolve_bos(ns, ckpt) -> bool:
 def add_kernel_flags(p: ArgumentParser) -> None:
     p.add_argument(
         "--kernels",
-        type=Literal["auto", "linear", "split"],
+        type=Literal["auto", "linear", "mv", "split"],
         default="auto",
         help="batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine (cached), or "
-        "linear / split everywhere",
+        "linear / mv / split everywhere",
     )
     p.add_argument(
         "-v",

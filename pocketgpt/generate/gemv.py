@@ -1,12 +1,13 @@
-"""Batch-1 matrix-vector products on CPU that use every core.
+"""Batch-1 matrix-vector products on CPU: the split GEMV (every core) and the plain `addmv` GEMV.
 
 Decoding one token multiplies a (1, in) vector by each weight matrix: a memory-bound GEMV. In float32,
 PyTorch's CPU GEMV runs on one thread (~21 GB/s measured on a 2-core EPYC), while a streaming read on two
 threads reaches ~46 GB/s. Viewing the weight's rows as S equal chunks and calling `torch.bmm` spreads the
-chunks over the cores (~40 GB/s measured; benchmarks/generate.py). bf16 is already best with F.linear.
+chunks over the cores (~40 GB/s measured; benchmarks/generate.py). `torch.addmv` is the BLAS GEMV called
+directly: on an Intel Xeon with AMX, F.linear's bf16 row-times-matrix ran at 7-12 GB/s where addmv reached 10-18.
 
 Whether it wins depends on the CPU (2x faster on an AMD EPYC, 2x slower on an Intel Xeon with AMX): kernels.py
-times it against F.linear per weight shape and uses it only where it is faster.
+times both against F.linear per weight shape and uses one only where it is faster.
 `use_split_gemv(model)` switches every nn.Linear of a model to `SplitGemvLinear`: the same parameters and
 state-dict keys, a different forward for single rows only. `restore_linear(model)` switches back.
 What does not live here: the model's math (model/), the decode loop (engine.py).
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 
 def split_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunks: int) -> torch.Tensor:
-    """F.linear(x, weight, bias) for one float32 row, with the weight's rows in `chunks` equal parts through one bmm."""
+    """F.linear(x, weight, bias) for one row, with the weight's rows in `chunks` equal parts through one bmm."""
     out, inp = weight.shape
     S = chunks
     even = out - out % S
@@ -35,14 +36,33 @@ def split_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return y.view(*x.shape[:-1], out)
 
 
+def mv_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for one row, as one BLAS GEMV (`addmv`, or `mv` without a bias)."""
+    v = x.reshape(-1)
+    y = torch.mv(weight, v) if bias is None else torch.addmv(bias, weight, v)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def _one_cpu_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.numel() == x.shape[-1] and weight.device.type == "cpu" and weight.is_contiguous()
+
+
 class SplitGemvLinear(nn.Linear):
     chunks = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows != 1 or self.weight.dtype != torch.float32 or not self.weight.is_contiguous():
+        if not _one_cpu_row(x, self.weight):
             return F.linear(x, self.weight, self.bias)
         return split_gemv(x, self.weight, self.bias, self.chunks)
+
+
+class MvLinear(nn.Linear):
+    """nn.Linear whose single CPU rows go through `addmv`; everything else through F.linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _one_cpu_row(x, self.weight):
+            return F.linear(x, self.weight, self.bias)
+        return mv_gemv(x, self.weight, self.bias)
 
 
 def use_split_gemv(model: nn.Module, chunks: int = 0) -> None:
@@ -56,5 +76,5 @@ def use_split_gemv(model: nn.Module, chunks: int = 0) -> None:
 
 def restore_linear(model: nn.Module) -> None:
     for m in model.modules():
-        if type(m) is SplitGemvLinear:
+        if type(m) in (SplitGemvLinear, MvLinear):
             m.__class__ = nn.Linear

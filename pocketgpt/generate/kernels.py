@@ -7,9 +7,11 @@ through every weight of that shape, a few repetitions, median) and the fastest i
 cached per CPU model + torch version + threads + dtype + shape in `$POCKETGPT_CACHE/kernels.json` (default
 `~/.cache/pocketgpt/`), so a second load costs nothing.
 
-Candidates: `linear` (F.linear: PyTorch's own MKL / oneDNN path) and, for float32 on a CPU, `split` (the rows in
-equal chunks through one `torch.bmm`, which spreads a GEMV over the cores). `mode` overrides: `linear` or `split`
-for every shape. On a GPU there is nothing to choose: `linear`.
+Candidates on a CPU: `linear` (F.linear: PyTorch's own MKL / oneDNN path), `mv` (`torch.addmv`, the BLAS GEMV
+called directly) and `split` (the rows in equal chunks through one `torch.bmm`, which spreads a GEMV over the
+cores). They are timed interleaved, one call of each in turn, so load from other work on the machine falls on all
+of them alike instead of on whichever ran while it lasted (a cache once recorded 3 ms for a 100 µs call that way).
+`mode` overrides: `linear`, `mv` or `split` for every shape. On a GPU there is nothing to choose: `linear`.
 `working_copy(model)` is what the engine installs them on: the caller's model is never changed.
 What does not live here: the kernels themselves (gemv.py), the decode loop (scheduler.py).
 """
@@ -26,9 +28,10 @@ import torch.nn.functional as F
 
 from pocketgpt.device import cpu_info, read_cache, write_cache
 from pocketgpt.errors import UserError
-from pocketgpt.generate.gemv import SplitGemvLinear, split_gemv
+from pocketgpt.generate.gemv import MvLinear, SplitGemvLinear, mv_gemv, split_gemv
 
-MODES = ("auto", "linear", "split")
+CLASSES = {"linear": nn.Linear, "mv": MvLinear, "split": SplitGemvLinear}
+MODES = ("auto", *CLASSES)
 
 
 def working_copy(model: nn.Module) -> nn.Module:
@@ -50,7 +53,7 @@ def working_copy(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Choice:
-    kernel: str  # linear | split
+    kernel: str  # linear | mv | split
     us: dict[str, float] = field(default_factory=dict)  # measured microseconds per call, per candidate
     cached: bool = False
 
@@ -66,36 +69,35 @@ def _key(dtype: torch.dtype, shape: tuple[int, int]) -> str:
 
 
 def linears(model: nn.Module) -> dict[tuple[int, int], list[nn.Linear]]:
-    """The model's Linear layers (plain or already split) grouped by weight shape (out, in)."""
+    """The model's Linear layers (plain or with a kernel installed) grouped by weight shape (out, in)."""
     out: dict[tuple[int, int], list[nn.Linear]] = {}
     for m in model.modules():
-        if type(m) in (nn.Linear, SplitGemvLinear):
+        if type(m) in CLASSES.values():
             out.setdefault(tuple(m.weight.shape), []).append(m)
     return out
 
 
 @torch.inference_mode()
-def _time(layers: list[nn.Linear], kernel: str, chunks: int, reps: int = 7) -> float:
-    """Microseconds for one row through one layer, going through every layer of the shape each repetition (so each
-    weight is read as decoding reads it, not from a cache warmed by the same weight); the best repetition, which
-    other work on the machine disturbs least."""
+def _time(layers: list[nn.Linear], kernels: list[str], chunks: int, reps: int = 9) -> dict[str, float]:
+    """Microseconds for one row through one layer, per kernel. Each repetition runs every kernel once, in turn
+    (rotating which goes first), through every layer of the shape (so each weight is read as decoding reads it, not
+    from a cache warmed by the same weight); per kernel the best repetition, which other work disturbs least."""
     w0 = layers[0].weight
     x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
-
-    def once() -> None:
-        for m in layers:
-            if kernel == "split":
-                split_gemv(x, m.weight, m.bias, chunks)
-            else:
-                F.linear(x, m.weight, m.bias)
-
-    once()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        once()
-        ts.append(time.perf_counter() - t)
-    return 1e6 * min(ts) / len(layers)
+    calls = {
+        "linear": lambda m: F.linear(x, m.weight, m.bias),
+        "mv": lambda m: mv_gemv(x, m.weight, m.bias),
+        "split": lambda m: split_gemv(x, m.weight, m.bias, chunks),
+    }
+    best = dict.fromkeys(kernels, float("inf"))
+    for r in range(reps + 1):  # the first round warms up and is not counted
+        for k in kernels[r % len(kernels) :] + kernels[: r % len(kernels)]:
+            call, t = calls[k], time.perf_counter()
+            for m in layers:
+                call(m)
+            if r:
+                best[k] = min(best[k], time.perf_counter() - t)
+    return {k: 1e6 * v / len(layers) for k, v in best.items()}
 
 
 MARGIN = 0.95  # another kernel replaces F.linear only when it is at least 5% faster: a tie keeps PyTorch's own
@@ -115,9 +117,9 @@ def choose(model: nn.Module, mode: str = "auto", *, use_cache: bool = True) -> d
     if not groups:
         return {}
     p = next(model.parameters())
-    candidates = ["linear", "split"] if p.device.type == "cpu" and p.dtype == torch.float32 else ["linear"]
-    if mode == "split" and "split" not in candidates:
-        raise UserError(f"kernels=split needs float32 weights on a CPU (these are {p.dtype} on {p.device.type})")
+    candidates = list(CLASSES) if p.device.type == "cpu" else ["linear"]
+    if mode not in ("auto", *candidates):
+        raise UserError(f"kernels={mode} needs the weights on a CPU (these are on {p.device.type})")
     chunks = max(2, torch.get_num_threads())
     cache = read_cache(CACHE) if use_cache and mode == "auto" else {}
     dirty, out = False, {}
@@ -126,19 +128,18 @@ def choose(model: nn.Module, mode: str = "auto", *, use_cache: bool = True) -> d
             out[shape] = Choice(mode if mode != "auto" else candidates[0])
         else:
             key = _key(p.dtype, shape)
-            hit = cache.get(key)
-            if isinstance(hit, dict) and hit.get("kernel") in candidates:
-                out[shape] = Choice(hit["kernel"], dict(hit.get("us", {})), cached=True)
+            hit = cache.get(key)  # an entry that timed other candidates (an older pocketgpt) is measured again
+            if isinstance(hit, dict) and hit.get("kernel") in candidates and set(hit.get("us", ())) == set(candidates):
+                out[shape] = Choice(hit["kernel"], dict(hit["us"]), cached=True)
             else:
-                us = {k: _time(layers, k, chunks) for k in candidates}
+                us = _time(layers, candidates, chunks)
                 out[shape] = Choice(pick(us), us)
                 cache[key] = {"kernel": out[shape].kernel, "us": us}
                 dirty = True
         for m in layers:
-            if out[shape].kernel == "split":
-                m.__class__, m.chunks = SplitGemvLinear, chunks
-            else:
-                m.__class__ = nn.Linear
+            m.__class__ = CLASSES[out[shape].kernel]
+            if m.__class__ is SplitGemvLinear:
+                m.chunks = chunks
     if dirty and use_cache:
         write_cache(CACHE, cache)
     return out
@@ -154,6 +155,10 @@ def describe(choices: dict[tuple[int, int], Choice]) -> list[str]:
 
 
 def summary(choices: dict[tuple[int, int], Choice]) -> str:
-    """A short label for tables: e.g. `split 4/5` (4 of 5 shapes split) or `linear`."""
-    n = sum(c.kernel == "split" for c in choices.values())
-    return f"split {n}/{len(choices)}" if n else "linear"
+    """A short label for tables: e.g. `mv 3/5 split 1/5` (3 of 5 shapes through addmv, 1 split) or `linear`."""
+    parts = [
+        f"{k} {n}/{len(choices)}"
+        for k in CLASSES
+        if k != "linear" and (n := sum(c.kernel == k for c in choices.values()))
+    ]
+    return " ".join(parts) or "linear"

@@ -1,4 +1,5 @@
-"""The split GEMV: batch-1 float32 rows equal F.linear, everything else falls back to it, models keep their outputs."""
+"""The split GEMV and the addmv GEMV: one CPU row equals F.linear, everything else falls back to it, models keep
+their outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from pocketgpt.config import SampleConfig
 from pocketgpt.generate.engine import Engine
-from pocketgpt.generate.gemv import SplitGemvLinear, restore_linear, use_split_gemv
+from pocketgpt.generate.gemv import MvLinear, SplitGemvLinear, restore_linear, use_split_gemv
 from pocketgpt.model import GPT, KVCache
 from pocketgpt.model.lora import LoRALinear
 
@@ -72,12 +73,48 @@ def test_more_than_one_row_falls_back_to_f_linear(shape, bmm_calls):
     assert bmm_calls == []
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_other_dtypes_fall_back_to_f_linear(dtype, bmm_calls):
+@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 0.1), (torch.float16, 0.01), (torch.float64, 1e-12)])
+def test_other_dtypes_split_too(dtype, atol, bmm_calls):
     lin = split_linear(64, 97, dtype=dtype)
     x = torch.randn(1, 64, dtype=dtype)
-    assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
-    assert bmm_calls == []
+    got = lin(x)
+    assert got.dtype == dtype and len(bmm_calls) == 1
+    torch.testing.assert_close(
+        got.double(), F.linear(x.double(), lin.weight.double(), lin.bias.double()), atol=atol, rtol=0
+    )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(), (1,), (1, 1)])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
+def test_the_addmv_row_equals_f_linear(bias, lead, dtype, atol, monkeypatch):
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 80, bias=bias).to(dtype)
+    lin.__class__ = MvLinear
+    calls = []
+    real = torch.addmv if bias else torch.mv
+    monkeypatch.setattr(torch, "addmv" if bias else "mv", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(*lead, 48, dtype=dtype)
+    got = lin(x)
+    assert got.shape == (*lead, 80) and got.dtype == dtype and calls == [1]
+    want = F.linear(x.double(), lin.weight.double(), None if lin.bias is None else lin.bias.double())
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=atol)
+    calls.clear()
+    x2 = torch.randn(3, 48, dtype=dtype)  # many rows: F.linear itself
+    assert torch.equal(lin(x2), F.linear(x2, lin.weight, lin.bias)) and calls == []
+
+
+def test_the_addmv_row_gives_gradients_like_f_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 24)
+    lin.__class__ = MvLinear
+    x = torch.randn(1, 16, requires_grad=True)
+    lin(x).pow(2).sum().backward()
+    got = (x.grad.clone(), lin.weight.grad.clone(), lin.bias.grad.clone())
+    x.grad = lin.weight.grad = lin.bias.grad = None
+    F.linear(x, lin.weight, lin.bias).pow(2).sum().backward()
+    for g, w in zip(got, (x.grad, lin.weight.grad, lin.bias.grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
 
 
 def test_a_non_contiguous_weight_falls_back_to_f_linear(bmm_calls):
