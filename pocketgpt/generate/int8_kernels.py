@@ -12,13 +12,11 @@ dequant 0.7-2.6, int8pack float32 1.4 (benchmarks/quantize.py).
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn as nn
 
 from pocketgpt.device import native_bf16, read_cache, write_cache
-from pocketgpt.generate.kernels import MARGIN, Choice, _key
+from pocketgpt.generate.kernels import MARGIN, Choice, _key, time_interleaved
 from pocketgpt.model.quant import Int8Linear, has_int8pack, int8_layers, run_kernel
 
 CACHE = "int8_kernels.json"  # beside kernels.json in $POCKETGPT_CACHE (default ~/.cache/pocketgpt)
@@ -43,21 +41,12 @@ def candidates(dtype: torch.dtype, device: torch.device) -> list[str]:
 
 
 @torch.inference_mode()
-def time_kernel(layers: list[Int8Linear], kernel: str, dtype: torch.dtype, reps: int = 7) -> float:
-    """Microseconds for one row through one layer (every layer of the shape each repetition; best repetition)."""
+def time_kernels(layers: list[Int8Linear], kernels: list[str], dtype: torch.dtype, reps: int = 7) -> dict[str, float]:
+    """Microseconds for one row through one layer, per kernel: every layer of the shape each run, the kernels timed
+    interleaved (kernels.time_interleaved; its warm-up round is where FBGEMM packs its weights)."""
     x = torch.randn(1, layers[0].in_features, dtype=dtype, device=layers[0].weight_int8.device)
-
-    def once() -> None:
-        for m in layers:
-            run_kernel(kernel, x, m)
-
-    once()  # warm-up (FBGEMM packs its weights here)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        once()
-        ts.append(time.perf_counter() - t)
-    return 1e6 * min(ts) / len(layers)
+    runs = {k: lambda k=k: [run_kernel(k, x, m) for m in layers] for k in kernels}
+    return {k: 1e6 * v / len(layers) for k, v in time_interleaved(runs, reps).items()}
 
 
 def pick(us: dict[str, float], default: str) -> str:
@@ -67,7 +56,7 @@ def pick(us: dict[str, float], default: str) -> str:
 
 def choose_int8(model: nn.Module, mode: str = "auto", *, use_cache: bool = True) -> dict[tuple[int, int], Choice]:
     """Time and set `kernel` on every Int8Linear of `model`, per weight shape; shape -> Choice. A mode other than
-    auto (the float kernels' `linear` / `split`) leaves the int8 layers on their rule (`auto`), untimed."""
+    auto (the float kernels' `linear` / `mv` / `split`) leaves the int8 layers on their rule (`auto`), untimed."""
     groups = int8_layers(model)
     if not groups:
         return {}
@@ -82,10 +71,10 @@ def choose_int8(model: nn.Module, mode: str = "auto", *, use_cache: bool = True)
         else:
             key = "int8|" + _key(dtype, shape)
             hit = cache.get(key)
-            if isinstance(hit, dict) and hit.get("kernel") in names:
-                out[shape] = Choice(hit["kernel"], dict(hit.get("us", {})), cached=True)
+            if isinstance(hit, dict) and hit.get("kernel") in names and set(hit.get("us", ())) == set(names):
+                out[shape] = Choice(hit["kernel"], dict(hit["us"]), cached=True)
             else:
-                us = {k: time_kernel(layers, k, dtype) for k in names}
+                us = time_kernels(layers, names, dtype)
                 out[shape] = Choice(pick(us, names[0]), us)
                 cache[key] = {"kernel": out[shape].kernel, "us": us}
                 dirty = True

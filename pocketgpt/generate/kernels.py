@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -77,11 +78,25 @@ def linears(model: nn.Module) -> dict[tuple[int, int], list[nn.Linear]]:
     return out
 
 
+def time_interleaved(runs: dict[str, Callable[[], None]], reps: int = 9) -> dict[str, float]:
+    """Seconds of each run's best repetition. Every repetition runs each once, in turn (rotating which goes first),
+    so load from other work falls on all alike; the first round warms up and is not counted."""
+    names = list(runs)
+    best = dict.fromkeys(names, float("inf"))
+    for r in range(reps + 1):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            runs[k]()
+            if r:
+                best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
 @torch.inference_mode()
 def _time(layers: list[nn.Linear], kernels: list[str], chunks: int, reps: int = 9) -> dict[str, float]:
-    """Microseconds for one row through one layer, per kernel. Each repetition runs every kernel once, in turn
-    (rotating which goes first), through every layer of the shape (so each weight is read as decoding reads it, not
-    from a cache warmed by the same weight); per kernel the best repetition, which other work disturbs least."""
+    """Microseconds for one row through one layer, per kernel, timed interleaved (time_interleaved), each run going
+    through every layer of the shape (so each weight is read as decoding reads it, not from a cache warmed by the
+    same weight)."""
     w0 = layers[0].weight
     x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
     calls = {
@@ -89,15 +104,8 @@ def _time(layers: list[nn.Linear], kernels: list[str], chunks: int, reps: int = 
         "mv": lambda m: mv_gemv(x, m.weight, m.bias),
         "split": lambda m: split_gemv(x, m.weight, m.bias, chunks),
     }
-    best = dict.fromkeys(kernels, float("inf"))
-    for r in range(reps + 1):  # the first round warms up and is not counted
-        for k in kernels[r % len(kernels) :] + kernels[: r % len(kernels)]:
-            call, t = calls[k], time.perf_counter()
-            for m in layers:
-                call(m)
-            if r:
-                best[k] = min(best[k], time.perf_counter() - t)
-    return {k: 1e6 * v / len(layers) for k, v in best.items()}
+    runs = {k: lambda call=calls[k]: [call(m) for m in layers] for k in kernels}
+    return {k: 1e6 * v / len(layers) for k, v in time_interleaved(runs, reps).items()}
 
 
 MARGIN = 0.95  # another kernel replaces F.linear only when it is at least 5% faster: a tie keeps PyTorch's own
