@@ -39,7 +39,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logp = torch.log_softmax((xc @ w.t()).float(), dim=-1)  # (n, V), one pass
             loss -= torch.where(kc, logp.gather(1, safe).squeeze(1), 0.0).sum()
             if want_grad:
-                g = logp.exp_()  # softmax, in place
+                # softmax, in place; exp of a log-probability below -87 is a float32 denormal, which x86 computes
+                # ~30x slower (845 ms vs 27 ms for a GPT-2 chunk of confident logits on a Xeon): clamped, the
+                # gradient changes by under 1e-37 per entry
+                g = logp.clamp_(min=-87.0).exp_()
                 g.scatter_add_(1, safe, torch.full_like(safe, -1.0, dtype=g.dtype))  # - onehot(target)
                 g = g.to(dtype)
                 row = (kc.float() * scale)[:, None]  # 1/count, 0 for ignored rows: applied to the small
