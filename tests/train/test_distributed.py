@@ -247,7 +247,12 @@ def test_two_nodes_on_one_machine(corpus, one_process, tmp_path):
 
 @pytest.mark.parametrize(
     "task,extra",
-    [("chat", ()), ("classify", ()), ("chat", ("--lora.rank", "4", "--lora.dropout", "0"))],
+    [
+        # plain chat is chat-lora's path without the adapter: slow-marked to keep `make test` under 10 minutes
+        pytest.param("chat", (), marks=pytest.mark.slow),
+        ("classify", ()),
+        ("chat", ("--lora.rank", "4", "--lora.dropout", "0")),
+    ],
     ids=["chat", "classify", "chat-lora"],
 )
 def test_finetune_under_ddp_matches_one_process(corpus, one_process, tmp_path, task, extra):

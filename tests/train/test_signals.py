@@ -21,7 +21,8 @@ def flags(n_steps: int) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGINT takes the same handler as SIGTERM: slow-marked (`make test-all` runs it) to keep `make test` under 10 min
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, corpus_file, sig):
     out = tmp_path / "run"
     cmd = [
