@@ -38,7 +38,7 @@ class ServeConfig(RuntimeConfig):
     """the most choices (n) one request may ask for"""
     kernels: Literal["auto", "linear", "mv", "split"] = "auto"
     """batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine at load (cached), or
-    linear / split everywhere"""
+    linear / mv / split everywhere"""
     quantize: Literal["none", "int8"] = "none"
     """int8: quantize the weights to int8 on load (no quality check; `pocketgpt quantize` checks and saves)"""
     speculative: Literal["off", "ngram", "draft"] = "off"

@@ -3,7 +3,7 @@
 Decoding one token multiplies one row by every weight matrix. Which kernel does that fastest depends on the CPU:
 the split GEMV (gemv.py) doubled float32 decode speed on an AMD EPYC and halved it on an Intel Xeon with AMX.
 So at load, for each weight shape of the model, every candidate is timed on the model's own weights (one row
-through every weight of that shape, a few repetitions, median) and the fastest is used for that shape. Results are
+through every weight of that shape, a few repetitions, the best) and the fastest is used for that shape. Results are
 cached per CPU model + torch version + threads + dtype + shape in `$POCKETGPT_CACHE/kernels.json` (default
 `~/.cache/pocketgpt/`), so a second load costs nothing.
 
