@@ -36,9 +36,9 @@ class ServeConfig(RuntimeConfig):
     """largest request body in bytes (413 beyond)"""
     max_n: int = 16
     """the most choices (n) one request may ask for"""
-    kernels: Literal["auto", "linear", "mv", "split"] = "auto"
+    kernels: Literal["auto", "linear", "mv", "split", "t"] = "auto"
     """batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine at load (cached), or
-    linear / mv / split everywhere"""
+    linear / mv / split / t everywhere"""
     quantize: Literal["none", "int8"] = "none"
     """int8: quantize the weights to int8 on load (no quality check; `pocketgpt quantize` checks and saves)"""
     speculative: Literal["off", "ngram", "draft"] = "off"

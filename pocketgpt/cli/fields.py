@@ -99,10 +99,10 @@ def resolve_bos(ns, ckpt) -> bool:
 def add_kernel_flags(p: ArgumentParser) -> None:
     p.add_argument(
         "--kernels",
-        type=Literal["auto", "linear", "mv", "split"],
+        type=Literal["auto", "linear", "mv", "split", "t"],
         default="auto",
         help="batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine (cached), or "
-        "linear / mv / split everywhere",
+        "linear / mv / split / t everywhere",
     )
     p.add_argument(
         "-v",

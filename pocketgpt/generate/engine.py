@@ -48,13 +48,13 @@ class Engine:
     ):
         """`dtype` is the inference precision of weights and cache; bfloat16 halves the bytes each token reads.
         `kernels`: the batch-1 matmul kernel per weight shape, `auto` = timed on this machine (kernels.py), or
-        `linear` / `split` for every shape; `self.kernels` records the choice and its timings.
+        `linear` / `mv` / `split` / `t` for every shape; `self.kernels` records the choice and its timings.
         `draft`: a smaller model with the same tokenizer for `SampleConfig(speculative="draft")` (moved to this
         device and dtype); `self.spec_stats` tells what the last speculative call drafted and accepted.
 
         The caller's model is never changed: the engine works on `self.model`, a copy of its modules that shares
         its weights (kernels.working_copy), put in eval mode and converted to `dtype` (only then are the weights
-        copied). A quantized model (int8 weights) computes in bf16 where the hardware has it natively and float32
+        copied; so is a weight whose chosen kernel stores it transposed, `t`). A quantized model (int8 weights) computes in bf16 where the hardware has it natively and float32
         elsewhere, whatever `dtype` says (its int8 weights stay int8).
         """
         self.device = torch.device(device) if device is not None else next(model.parameters()).device

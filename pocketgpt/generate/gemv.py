@@ -1,4 +1,5 @@
-"""Batch-1 matrix-vector products on CPU: the split GEMV (every core) and the plain `addmv` GEMV.
+"""Batch-1 matrix-vector products on CPU: the split GEMV (every core), the plain `addmv` GEMV, and the weight
+stored transposed.
 
 Decoding one token multiplies a (1, in) vector by each weight matrix: a memory-bound GEMV. In float32,
 PyTorch's CPU GEMV runs on one thread (~21 GB/s measured on a 2-core EPYC), while a streaming read on two
@@ -6,7 +7,12 @@ threads reaches ~46 GB/s. Viewing the weight's rows as S equal chunks and callin
 chunks over the cores (~40 GB/s measured; benchmarks/generate.py). `torch.addmv` is the BLAS GEMV called
 directly: on an Intel Xeon with AMX, F.linear's bf16 row-times-matrix ran at 7-12 GB/s where addmv reached 10-18.
 
-Whether it wins depends on the CPU (2x faster on an AMD EPYC, 2x slower on an Intel Xeon with AMX): kernels.py
+`TransposedLinear` keeps the weight as (in, out) row-major, seen as the usual (out, in) through a view: F.linear
+then multiplies the row by a row-major matrix (BLAS's no-transpose GEMM, an axpy per input element) instead of a
+dot product per weight row. On an Intel Xeon with AMX that streamed GPT-2's 50257 x 768 head at 23 GB/s where the
+row-major weight gave 18; on its 768 x 3072 projection it was slower.
+
+Whether each wins depends on the CPU (2x faster on an AMD EPYC, 2x slower on an Intel Xeon with AMX): kernels.py
 times both against F.linear per weight shape and uses one only where it is faster.
 `use_split_gemv(model)` switches every nn.Linear of a model to `SplitGemvLinear`: the same parameters and
 state-dict keys, a different forward for single rows only. `restore_linear(model)` switches back.
@@ -43,6 +49,15 @@ def mv_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
+def transposed(weight: torch.Tensor) -> torch.Tensor:
+    """The same (out, in) values stored (in, out) row-major: a transposed view of a contiguous transpose."""
+    return weight.t().contiguous().t()
+
+
+def is_transposed(weight: torch.Tensor) -> bool:
+    return weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous()
+
+
 def _one_cpu_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.numel() == x.shape[-1] and weight.device.type == "cpu" and weight.is_contiguous()
 
@@ -65,6 +80,12 @@ class MvLinear(nn.Linear):
         return mv_gemv(x, self.weight, self.bias)
 
 
+class TransposedLinear(nn.Linear):
+    """nn.Linear whose weight is stored transposed (`transposed`): its forward is nn.Linear's, F.linear(x, W) =
+    x @ W.t() with W.t() contiguous. kernels.choose re-lays the weight out when it installs this class (a copy:
+    that weight is no longer shared with the model it came from) and back when it installs another."""
+
+
 def use_split_gemv(model: nn.Module, chunks: int = 0) -> None:
     """Make every plain nn.Linear of `model` a SplitGemvLinear (in place; weights untouched)."""
     n = chunks or max(2, torch.get_num_threads())
@@ -76,5 +97,7 @@ def use_split_gemv(model: nn.Module, chunks: int = 0) -> None:
 
 def restore_linear(model: nn.Module) -> None:
     for m in model.modules():
-        if type(m) in (SplitGemvLinear, MvLinear):
+        if type(m) in (SplitGemvLinear, MvLinear, TransposedLinear):
             m.__class__ = nn.Linear
+            if is_transposed(m.weight):
+                m.weight.data = m.weight.data.contiguous()

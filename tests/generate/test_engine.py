@@ -262,3 +262,9 @@ def test_the_engine_never_changes_the_callers_model(tiny_cfg):
     with torch.no_grad():
         w.add_(1.0)
     assert torch.equal(w, w2)
+
+    t = Engine(model, kernels="t")  # the transposed layout is the engine's own copy: the caller's stays row-major
+    assert all(p.is_contiguous() for p in model.parameters()) and model.lm_head.weight is model.transformer.wte.weight
+    assert not t.model.lm_head.weight.is_contiguous() and torch.equal(t.model.lm_head.weight, w)
+    greedy = SampleConfig(max_new_tokens=6, temperature=0)
+    assert t.generate([[1, 2, 3]], greedy) == f32.generate([[1, 2, 3]], greedy)

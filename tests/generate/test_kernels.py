@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from pocketgpt.errors import UserError
 from pocketgpt.generate import kernels as K
-from pocketgpt.generate.gemv import MvLinear, SplitGemvLinear
+from pocketgpt.generate.gemv import MvLinear, SplitGemvLinear, TransposedLinear
 from pocketgpt.model import GPT
 
 
@@ -21,11 +21,16 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "kernels.json"
 
 
-def fake_timings(monkeypatch, split_wins: set, calls: list, mv_wins: frozenset = frozenset()):
+def fake_timings(monkeypatch, split_wins: set, calls: list, mv_wins: frozenset = frozenset(), t_wins=frozenset()):
     def fake(layers, kernels, chunks, reps=9):
         shape = tuple(layers[0].weight.shape)
         calls.extend((shape, k) for k in kernels)
-        table = {"split": 1.0 if shape in split_wins else 3.0, "linear": 2.0, "mv": 1.5 if shape in mv_wins else 2.5}
+        table = {
+            "split": 1.0 if shape in split_wins else 3.0,
+            "linear": 2.0,
+            "mv": 1.5 if shape in mv_wins else 2.5,
+            "t": 1.2 if shape in t_wins else 2.2,
+        }
         return {k: table[k] for k in kernels}
 
     monkeypatch.setattr(K, "_time", fake)
@@ -39,11 +44,11 @@ def test_auto_takes_the_faster_kernel_per_shape_and_caches_it(tiny_cfg, cache, m
     proj = (tiny_cfg.n_embd, 4 * tiny_cfg.n_embd)
     fake_timings(monkeypatch, {mlp}, calls, mv_wins=frozenset({proj}))
     choices = K.choose(model)
-    assert set(choices) == shapes and len(calls) == 3 * len(shapes)  # every shape, every candidate
+    assert set(choices) == shapes and len(calls) == 4 * len(shapes)  # every shape, every candidate
     for shape, layers in K.linears(model).items():
         want = SplitGemvLinear if shape == mlp else MvLinear if shape == proj else nn.Linear
         assert all(type(m) is want for m in layers), shape
-        assert choices[shape].us["linear"] == 2.0 and set(choices[shape].us) == {"linear", "mv", "split"}
+        assert choices[shape].us["linear"] == 2.0 and set(choices[shape].us) == {"linear", "mv", "split", "t"}
     assert K.summary(choices) == f"mv 1/{len(shapes)} split 1/{len(shapes)}"
     saved = json.loads(cache.read_text())
     assert len(saved) == len(shapes) and all("float32" in k and torch.__version__ in k for k in saved)
@@ -68,8 +73,11 @@ def test_forced_modes_and_bad_ones(tiny_cfg, cache):
     assert all(type(m) is SplitGemvLinear for layers in K.linears(model).values() for m in layers)
     K.choose(model, "mv")
     assert all(type(m) is MvLinear for layers in K.linears(model).values() for m in layers)
+    K.choose(model, "t")
+    assert all(type(m) is TransposedLinear for layers in K.linears(model).values() for m in layers)
     K.choose(model, "linear")
-    assert not any(type(m) in (SplitGemvLinear, MvLinear) for m in model.modules())
+    assert not any(type(m) in (SplitGemvLinear, MvLinear, TransposedLinear) for m in model.modules())
+    assert all(p.is_contiguous() for p in model.parameters())  # t's layout undone
     assert not cache.exists()  # forced choices measure and store nothing
     with pytest.raises(UserError, match="kernels must be one of"):
         K.choose(model, "fast")
@@ -80,7 +88,7 @@ def test_bfloat16_is_timed_too(tiny_cfg, cache, monkeypatch):
     calls: list = []
     fake_timings(monkeypatch, set(), calls, mv_wins=frozenset({(tiny_cfg.vocab_size, tiny_cfg.n_embd)}))
     choices = K.choose(GPT(tiny_cfg).to(torch.bfloat16))
-    assert {k for _, k in calls} == {"linear", "mv", "split"}
+    assert {k for _, k in calls} == {"linear", "mv", "split", "t"}
     assert choices[(tiny_cfg.vocab_size, tiny_cfg.n_embd)].kernel == "mv"
     assert all("bfloat16" in k for k in json.loads(cache.read_text()))
 
@@ -94,7 +102,7 @@ def test_an_entry_that_timed_other_candidates_is_measured_again(tiny_cfg, cache,
     fake_timings(monkeypatch, set(), calls)
     choices = K.choose(model)
     assert (shape, "mv") in calls and not choices[shape].cached and choices[shape].kernel == "linear"
-    assert set(json.loads(cache.read_text())[key]["us"]) == {"linear", "mv", "split"}
+    assert set(json.loads(cache.read_text())[key]["us"]) == {"linear", "mv", "split", "t"}
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
@@ -104,7 +112,7 @@ def test_a_real_measurement_times_every_kernel_and_keeps_the_outputs(tiny_cfg, c
     x = torch.randint(0, tiny_cfg.vocab_size, (1, 1))
     before, _ = model(x)
     choices = K.choose(model)
-    assert all(set(c.us) == {"linear", "mv", "split"} and min(c.us.values()) > 0 for c in choices.values())
+    assert all(set(c.us) == {"linear", "mv", "split", "t"} and min(c.us.values()) > 0 for c in choices.values())
     assert all(c.kernel == K.pick(c.us) for c in choices.values())
     after, _ = model(x)
     torch.testing.assert_close(after.float(), before.float(), rtol=0, atol=atol)
@@ -146,3 +154,25 @@ def test_candidates_are_timed_interleaved_so_a_burst_of_load_falls_on_all_alike(
     best = K.time_interleaved({k: run(k) for k in ("a", "b", "c")}, reps=4)
     assert order[:3] == ["a", "b", "c"] and order[3:6] == ["b", "c", "a"] and order[6:9] == ["c", "a", "b"]
     assert len(order) == 3 * 5 and best == {"a": 1.0, "b": 1.0, "c": 1.0}  # no candidate judged by the burst alone
+
+
+def test_the_transposed_kernel_relays_the_weight_once_and_keeps_ties_and_outputs(tiny_cfg, cache, monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg).eval()
+    head = (tiny_cfg.vocab_size, tiny_cfg.n_embd)
+    x = torch.randint(0, tiny_cfg.vocab_size, (1, 5))
+    before, _ = model(x)
+    values = model.lm_head.weight.detach().clone()
+    fake_timings(monkeypatch, set(), [], t_wins=frozenset({head}))
+    choices = K.choose(model)
+    assert choices[head].kernel == "t" and type(model.lm_head) is TransposedLinear
+    w = model.lm_head.weight
+    assert w.shape == head and not w.is_contiguous() and w.t().is_contiguous() and torch.equal(w, values)
+    assert model.transformer.wte.weight is w  # the tied embedding reads the same (re-laid) matrix
+    assert all(m.weight.is_contiguous() for s, ls in K.linears(model).items() if s != head for m in ls)
+    after, _ = model(x)  # prefill rows and the embedding work on the transposed layout
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    one, _ = model(x[:, :1])
+    torch.testing.assert_close(one[0, -1], before[0, 0], rtol=0, atol=1e-5)
+    K.install(model.lm_head, "linear")
+    assert model.lm_head.weight.is_contiguous() and torch.equal(model.lm_head.weight, values)
