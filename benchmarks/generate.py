@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--kernels", default="auto", help="auto (measured per shape on this machine), linear, mv, split or t")
+    ap.add_argument(
+        "--kernels", default="auto", help="auto (measured per shape on this machine), linear, mv, split or t"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
