@@ -41,6 +41,20 @@ def median_time(f, runs: int = 3, warmup: int = 1) -> float:
     return statistics.median(_timed(f) for _ in range(runs))
 
 
+def median_times(fs: dict, runs: int = 3, warmup: int = 1) -> dict:
+    """`median_time` for several callables, run interleaved (one call of each in turn, `warmup` rounds first), so
+    drift in the machine's speed (other VMs on the host) falls on all of them alike, not on whichever ran in a
+    slow minute. name -> median seconds."""
+    for _ in range(warmup):
+        for f in fs.values():
+            f()
+    times: dict = {k: [] for k in fs}
+    for _ in range(runs):
+        for k, f in fs.items():
+            times[k].append(_timed(f))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def run_process(cmd: list[str], *, cwd=None, env=None, timeout: float = 3600) -> dict:
     """Run a command to completion: wall seconds, return code, stdout+stderr text, and the peak resident
     memory of that one process (os.wait4's ru_maxrss, in bytes; Linux reports KiB)."""

@@ -2,7 +2,8 @@
 
 Both get the same randomly initialised GPT-2 weights (built in transformers, converted with
 pocketgpt.interop), a 16-token prompt and 128 new tokens, greedy, on the CPU with this process's threads.
-Median of --runs runs after a warm-up; batch 1 and batch 8. Also prints the memory-bandwidth bound at
+Median of --runs runs after a warm-up, transformers and each precision timed interleaved (one run of each in
+turn, so the VM's drift falls on all alike); batch 1 and batch 8. Also prints the memory-bandwidth bound at
 batch 1 (weight bytes read per token / measured read bandwidth) and the fraction of it reached.
 
     python benchmarks/generate.py [--shapes gpt2,tiny] [--runs 3] [--threads 2]
@@ -18,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
-from common import header, median_time, read_bandwidth
+from common import header, median_times, read_bandwidth
 
 from pocketgpt.device import native_bf16
 
@@ -84,19 +85,30 @@ def main() -> None:
                 with torch.no_grad():
                     return hf.generate(prompt, max_new_tokens=N, min_new_tokens=N, do_sample=False, pad_token_id=0)
 
-            t_hf = median_time(run_hf, args.runs)
+            engines = {p: Engine(copy.deepcopy(ours), dtype=d, kernels=args.kernels) for p, d in precisions}
+            sample, ids = SampleConfig(max_new_tokens=N, temperature=0), prompt.tolist()
+            runners = {"hf": run_hf} | {
+                p: (lambda eng=eng, ids=ids, sample=sample: eng.generate(ids, sample)) for p, eng in engines.items()
+            }
+            t = median_times(runners, args.runs)  # interleaved: transformers and each precision in turn
             hf_ids = run_hf()[:, 16:].tolist()
             for pname, dtype in precisions:
-                eng = Engine(copy.deepcopy(ours), dtype=dtype, kernels=args.kernels)
-                sample = SampleConfig(max_new_tokens=N, temperature=0)
-                t = median_time(
-                    lambda eng=eng, sample=sample, prompt=prompt: eng.generate(prompt.tolist(), sample), args.runs
-                )
-                same = [r[0].tokens for r in eng.generate(prompt.tolist(), sample)] == hf_ids
+                eng = engines[pname]
+                same = [r[0].tokens for r in eng.generate(ids, sample)] == hf_ids
                 bound = bw / weight_bytes_per_token(ours, 4 if dtype == torch.float32 else 2)
                 rows.append(
-                    (shape, B, pname, B * N / t, B * N / t_hf, bound if B == 1 else None, same, summary(eng.kernels))
+                    (
+                        shape,
+                        B,
+                        pname,
+                        B * N / t[pname],
+                        B * N / t["hf"],
+                        bound if B == 1 else None,
+                        same,
+                        summary(eng.kernels),
+                    )
                 )
+            del engines, runners
 
     print(
         f"{'shape':6s} {'batch':>5s} {'precision':9s} {'pocketgpt tok/s':>15s} {'HF fp32 tok/s':>13s} "
