@@ -35,16 +35,10 @@ def _timed(f) -> float:
     return time.perf_counter() - t
 
 
-def median_time(f, runs: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        f()
-    return statistics.median(_timed(f) for _ in range(runs))
-
-
 def median_times(fs: dict, runs: int = 3, warmup: int = 1) -> dict:
-    """`median_time` for several callables, run interleaved (one call of each in turn, `warmup` rounds first), so
-    drift in the machine's speed (other VMs on the host) falls on all of them alike, not on whichever ran in a
-    slow minute. name -> median seconds."""
+    """The median seconds of `runs` calls of each callable, run interleaved (one call of each in turn, `warmup`
+    rounds first), so drift in the machine's speed (other VMs on the host) falls on all of them alike, not on
+    whichever ran in a slow minute. name -> median seconds."""
     for _ in range(warmup):
         for f in fs.values():
             f()
