@@ -73,10 +73,8 @@ class CausalSelfAttention(nn.Module):
         probs: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3) each token's query, key and value: 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        # 3) each token's query, key and value, (B, T, 3C) -> 3 x (B, nh, T, hs): one view of the one matmul's output
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm:  # unit-RMS q and k per head
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = apply_rotary(q, rot), apply_rotary(k, rot)  # 2) RoPE turns q and k; identity otherwise
@@ -85,8 +83,8 @@ class CausalSelfAttention(nn.Module):
         y = attend(
             q, k, v, cache=kv_cache, layer=self.layer_idx, mask=mask, dropout=dropout, probs=probs, kernel=self.kernel
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C): heads side by side, mixed
+        return self.resid_dropout(y) if self.training else y  # (a dropout module call costs decoding ~2 µs a layer)
 
 
 def set_attention_kernel(model: nn.Module, kernel: str) -> None:
@@ -109,7 +107,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, mlp_width = 4C) -> (B, T, C)
+        y = self.c_proj(self.act(self.c_fc(x)))  # (B, T, C) -> (B, T, mlp_width = 4C) -> (B, T, C)
+        return self.dropout(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -195,7 +194,7 @@ class GPT(nn.Module):
         tr = self.transformer
         x = tr.wte(idx)  # 1) token embeddings: (B, T, C)
         x = tr.wpe.add_to_input(x, pos)  # 2) + positions (learned, sinusoidal; RoPE adds nothing): (B, T, C)
-        x = tr.drop(x)
+        x = tr.drop(x) if self.training else x
         rot = tr.wpe.rotation(pos)  # 2) RoPE's (cos, sin) that attention turns q and k by; None otherwise
         mask = kv_cache.attn_mask(T) if kv_cache is not None else None  # one mask for every layer
         recompute = self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()

@@ -173,3 +173,24 @@ def test_gpt2_preset_has_124m_parameters():
 def test_bad_config_names_the_value(bad):
     with pytest.raises(UserError):
         cfg_with(**bad)
+
+
+def test_dropout_acts_in_training_only():
+    """Every dropout (embeddings, attention output, MLP output) drops in train mode and is the identity in eval:
+    eval logits equal those of the same weights with dropout 0, train logits differ from them and between calls."""
+    torch.manual_seed(0)
+    model = GPT(cfg_with(dropout=0.5))
+    plain = GPT(cfg_with(dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 300, (2, 16))
+    ref = plain.eval()(idx)[0]
+    torch.testing.assert_close(model.eval()(idx)[0], ref, rtol=0, atol=0)
+    model.train()
+    a, b = model(idx)[0], model(idx)[0]
+    assert not torch.allclose(a, ref) and not torch.allclose(a, b)
+    # each site drops on its own: with the attention and MLP sub-blocks' outputs zeroed, only embedding dropout is left
+    for blk in model.transformer.h:
+        for lin in (blk.attn.c_proj, blk.mlp.c_proj):
+            torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(idx)[0], plain.eval()(idx)[0])  # the embedding dropout still drops
