@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument(
-        "--kernels", default="auto", help="auto (measured per shape on this machine), linear, mv, split or t"
+        "--kernels", default="auto", help="auto (measured per shape on this machine), linear, mv, split, t or packed"
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -36,7 +36,7 @@ class ServeConfig(RuntimeConfig):
     """largest request body in bytes (413 beyond)"""
     max_n: int = 16
     """the most choices (n) one request may ask for"""
-    kernels: Literal["auto", "linear", "mv", "split", "t"] = "auto"
+    kernels: Literal["auto", "linear", "mv", "split", "t", "packed"] = "auto"
     """batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine at load (cached), or
     linear / mv / split / t everywhere"""
     quantize: Literal["none", "int8"] = "none"

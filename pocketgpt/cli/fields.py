@@ -99,10 +99,10 @@ def resolve_bos(ns, ckpt) -> bool:
 def add_kernel_flags(p: ArgumentParser) -> None:
     p.add_argument(
         "--kernels",
-        type=Literal["auto", "linear", "mv", "split", "t"],
+        type=Literal["auto", "linear", "mv", "split", "t", "packed"],
         default="auto",
         help="batch-1 matmul kernel per weight shape: auto = the fastest measured on this machine (cached), or "
-        "linear / mv / split / t everywhere",
+        "linear / mv / split / t / packed everywhere",
     )
     p.add_argument(
         "-v",

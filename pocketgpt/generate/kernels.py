@@ -11,7 +11,12 @@ Candidates on a CPU: `linear` (F.linear: PyTorch's own MKL / oneDNN path), `mv` 
 called directly), `split` (the rows in equal chunks through one `torch.bmm`, which spreads a GEMV over the
 cores) and `t` (the weight stored transposed, (in, out) row-major, so the row multiplies a row-major matrix: on one
 Xeon 1.25x faster for GPT-2's head, slower for its 768 x 3072 projection). A `t` layer holds its own copy of the
-weight: where the engine's dtype is the model's, that weight is no longer shared with the caller's model. They are timed interleaved, one call of each in turn, so load from other work on the machine falls on all
+weight: where the engine's dtype is the model's, that weight is no longer shared with the caller's model. `packed` (the
+weight re-laid out once in oneDNN's blocked format, gemv.PackedLinear) is a candidate where this PyTorch build can
+pack the dtype: F.linear re-lays a bf16 weight out on every call, and on an AMD EPYC the packed one read GPT-2's
+bf16 weights 1.3-2x faster. A `packed` layer holds that copy beside its weight (twice the memory for those layers,
+and it does not follow later in-place changes of the weight: the engine's copy is for decoding). They are timed
+interleaved, one call of each in turn, so load from other work on the machine falls on all
 of them alike instead of on whichever ran while it lasted (a cache once recorded 3 ms for a 100 µs call that way).
 `mode` overrides: `linear`, `mv`, `split` or `t` for every shape. On a GPU there is nothing to choose: `linear`.
 `working_copy(model)` is what the engine installs them on: the caller's model is never changed.
@@ -33,16 +38,34 @@ from pocketgpt.device import cpu_info, read_cache, write_cache
 from pocketgpt.errors import UserError
 from pocketgpt.generate.gemv import (
     MvLinear,
+    PackedLinear,
     SplitGemvLinear,
     TransposedLinear,
     is_transposed,
     mv_gemv,
+    pack,
+    packable,
+    packed_linear,
     split_gemv,
     transposed,
 )
 
-CLASSES = {"linear": nn.Linear, "mv": MvLinear, "split": SplitGemvLinear, "t": TransposedLinear}
+CLASSES = {
+    "linear": nn.Linear,
+    "mv": MvLinear,
+    "split": SplitGemvLinear,
+    "t": TransposedLinear,
+    "packed": PackedLinear,
+}
 MODES = ("auto", *CLASSES)
+
+
+def candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """The kernels worth timing for weights of `dtype` on `device`: on a CPU every one this build can run, on a
+    GPU only F.linear."""
+    if device.type != "cpu":
+        return ["linear"]
+    return [k for k in CLASSES if k != "packed" or packable(dtype)]
 
 
 def working_copy(model: nn.Module) -> nn.Module:
@@ -64,7 +87,7 @@ def working_copy(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Choice:
-    kernel: str  # linear | mv | split | t
+    kernel: str  # linear | mv | split | t | packed
     us: dict[str, float] = field(default_factory=dict)  # measured microseconds per call, per candidate
     cached: bool = False
 
@@ -110,14 +133,18 @@ def _time(layers: list[nn.Linear], kernels: list[str], chunks: int, reps: int = 
     w0 = layers[0].weight
     x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
     rows = [(m.weight.contiguous(), m.bias) for m in layers]  # row-major (out, in), as loaded
-    cols = [(transposed(w), b) for w, b in rows] if "t" in kernels else []  # (in, out) row-major, for `t`
+    laid = {  # the weights as each kernel holds them
+        "t": [(transposed(w), b) for w, b in rows] if "t" in kernels else [],  # (in, out) row-major
+        "packed": [(pack(w), b) for w, b in rows] if "packed" in kernels else [],  # oneDNN's blocked layout
+    }
     calls = {
         "linear": lambda w, b: F.linear(x, w, b),
         "mv": lambda w, b: mv_gemv(x, w, b),
         "split": lambda w, b: split_gemv(x, w, b, chunks),
         "t": lambda w, b: F.linear(x, w, b),
+        "packed": lambda w, b: packed_linear(x, w, b),
     }
-    runs = {k: lambda k=k: [calls[k](w, b) for w, b in (cols if k == "t" else rows)] for k in kernels}
+    runs = {k: lambda k=k: [calls[k](w, b) for w, b in laid.get(k, rows)] for k in kernels}
     return {k: 1e6 * v / len(layers) for k, v in time_interleaved(runs, reps).items()}
 
 
@@ -139,22 +166,25 @@ def choose(model: nn.Module, mode: str = "auto", *, use_cache: bool = True) -> d
     if not groups:
         return {}
     p = next(model.parameters())
-    candidates = list(CLASSES) if p.device.type == "cpu" else ["linear"]
-    if mode not in ("auto", *candidates):
-        raise UserError(f"kernels={mode} needs the weights on a CPU (these are on {p.device.type})")
+    names = candidates(p.device, p.dtype)
+    if mode not in ("auto", *names):
+        where = f"this PyTorch build on {p.device.type}" if p.device.type == "cpu" else "the weights on a CPU"
+        raise UserError(
+            f"kernels={mode} needs {where} (these are {str(p.dtype).replace('torch.', '')} on {p.device.type})"
+        )
     chunks = max(2, torch.get_num_threads())
     cache = read_cache(CACHE) if use_cache and mode == "auto" else {}
     dirty, out = False, {}
     for shape, layers in groups.items():
-        if mode != "auto" or len(candidates) == 1:
-            out[shape] = Choice(mode if mode != "auto" else candidates[0])
+        if mode != "auto" or len(names) == 1:
+            out[shape] = Choice(mode if mode != "auto" else names[0])
         else:
             key = _key(p.dtype, shape)
             hit = cache.get(key)  # an entry that timed other candidates (an older pocketgpt) is measured again
-            if isinstance(hit, dict) and hit.get("kernel") in candidates and set(hit.get("us", ())) == set(candidates):
+            if isinstance(hit, dict) and hit.get("kernel") in names and set(hit.get("us", ())) == set(names):
                 out[shape] = Choice(hit["kernel"], dict(hit["us"]), cached=True)
             else:
-                us = _time(layers, candidates, chunks)
+                us = _time(layers, names, chunks)
                 out[shape] = Choice(pick(us), us)
                 cache[key] = {"kernel": out[shape].kernel, "us": us}
                 dirty = True
@@ -171,9 +201,12 @@ def install(m: nn.Linear, kernel: str, chunks: int = 2) -> None:
     m.__class__ = CLASSES[kernel]
     if m.__class__ is SplitGemvLinear:
         m.chunks = chunks
+    m.__dict__.pop("packed", None)
     if (kernel == "t") != is_transposed(m.weight):
         with torch.no_grad():
             m.weight.data = transposed(m.weight.data) if kernel == "t" else m.weight.data.contiguous()
+    if kernel == "packed":
+        m.packed = pack(m.weight)
 
 
 def describe(choices: dict[tuple[int, int], Choice]) -> list[str]:

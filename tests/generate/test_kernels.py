@@ -8,11 +8,15 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pocketgpt.errors import UserError
 from pocketgpt.generate import kernels as K
-from pocketgpt.generate.gemv import MvLinear, SplitGemvLinear, TransposedLinear
+from pocketgpt.generate.gemv import MvLinear, PackedLinear, SplitGemvLinear, TransposedLinear, packable
 from pocketgpt.model import GPT
+
+CPU = torch.device("cpu")
+ALL = set(K.candidates(CPU, torch.float32))  # packed too where this PyTorch build can pack
 
 
 @pytest.fixture
@@ -21,7 +25,9 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "kernels.json"
 
 
-def fake_timings(monkeypatch, split_wins: set, calls: list, mv_wins: frozenset = frozenset(), t_wins=frozenset()):
+def fake_timings(
+    monkeypatch, split_wins: set, calls: list, mv_wins: frozenset = frozenset(), t_wins=frozenset(), packed_wins=()
+):
     def fake(layers, kernels, chunks, reps=9):
         shape = tuple(layers[0].weight.shape)
         calls.extend((shape, k) for k in kernels)
@@ -30,6 +36,7 @@ def fake_timings(monkeypatch, split_wins: set, calls: list, mv_wins: frozenset =
             "linear": 2.0,
             "mv": 1.5 if shape in mv_wins else 2.5,
             "t": 1.2 if shape in t_wins else 2.2,
+            "packed": 1.1 if shape in packed_wins else 2.1,
         }
         return {k: table[k] for k in kernels}
 
@@ -44,11 +51,11 @@ def test_auto_takes_the_faster_kernel_per_shape_and_caches_it(tiny_cfg, cache, m
     proj = (tiny_cfg.n_embd, 4 * tiny_cfg.n_embd)
     fake_timings(monkeypatch, {mlp}, calls, mv_wins=frozenset({proj}))
     choices = K.choose(model)
-    assert set(choices) == shapes and len(calls) == 4 * len(shapes)  # every shape, every candidate
+    assert set(choices) == shapes and len(calls) == len(ALL) * len(shapes)  # every shape, every candidate
     for shape, layers in K.linears(model).items():
         want = SplitGemvLinear if shape == mlp else MvLinear if shape == proj else nn.Linear
         assert all(type(m) is want for m in layers), shape
-        assert choices[shape].us["linear"] == 2.0 and set(choices[shape].us) == {"linear", "mv", "split", "t"}
+        assert choices[shape].us["linear"] == 2.0 and set(choices[shape].us) == ALL
     assert K.summary(choices) == f"mv 1/{len(shapes)} split 1/{len(shapes)}"
     saved = json.loads(cache.read_text())
     assert len(saved) == len(shapes) and all("float32" in k and torch.__version__ in k for k in saved)
@@ -75,8 +82,12 @@ def test_forced_modes_and_bad_ones(tiny_cfg, cache):
     assert all(type(m) is MvLinear for layers in K.linears(model).values() for m in layers)
     K.choose(model, "t")
     assert all(type(m) is TransposedLinear for layers in K.linears(model).values() for m in layers)
+    if "packed" in ALL:
+        K.choose(model, "packed")
+        assert all(type(m) is PackedLinear and m.packed is not None for ls in K.linears(model).values() for m in ls)
     K.choose(model, "linear")
-    assert not any(type(m) in (SplitGemvLinear, MvLinear, TransposedLinear) for m in model.modules())
+    assert not any(type(m) in (SplitGemvLinear, MvLinear, TransposedLinear, PackedLinear) for m in model.modules())
+    assert not any("packed" in vars(m) for m in model.modules())  # the packed copies are dropped
     assert all(p.is_contiguous() for p in model.parameters())  # t's layout undone
     assert not cache.exists()  # forced choices measure and store nothing
     with pytest.raises(UserError, match="kernels must be one of"):
@@ -88,7 +99,7 @@ def test_bfloat16_is_timed_too(tiny_cfg, cache, monkeypatch):
     calls: list = []
     fake_timings(monkeypatch, set(), calls, mv_wins=frozenset({(tiny_cfg.vocab_size, tiny_cfg.n_embd)}))
     choices = K.choose(GPT(tiny_cfg).to(torch.bfloat16))
-    assert {k for _, k in calls} == {"linear", "mv", "split", "t"}
+    assert {k for _, k in calls} == set(K.candidates(CPU, torch.bfloat16))
     assert choices[(tiny_cfg.vocab_size, tiny_cfg.n_embd)].kernel == "mv"
     assert all("bfloat16" in k for k in json.loads(cache.read_text()))
 
@@ -102,7 +113,7 @@ def test_an_entry_that_timed_other_candidates_is_measured_again(tiny_cfg, cache,
     fake_timings(monkeypatch, set(), calls)
     choices = K.choose(model)
     assert (shape, "mv") in calls and not choices[shape].cached and choices[shape].kernel == "linear"
-    assert set(json.loads(cache.read_text())[key]["us"]) == {"linear", "mv", "split", "t"}
+    assert set(json.loads(cache.read_text())[key]["us"]) == ALL
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
@@ -112,7 +123,8 @@ def test_a_real_measurement_times_every_kernel_and_keeps_the_outputs(tiny_cfg, c
     x = torch.randint(0, tiny_cfg.vocab_size, (1, 1))
     before, _ = model(x)
     choices = K.choose(model)
-    assert all(set(c.us) == {"linear", "mv", "split", "t"} and min(c.us.values()) > 0 for c in choices.values())
+    want = set(K.candidates(CPU, dtype))
+    assert all(set(c.us) == want and min(c.us.values()) > 0 for c in choices.values())
     assert all(c.kernel == K.pick(c.us) for c in choices.values())
     after, _ = model(x)
     torch.testing.assert_close(after.float(), before.float(), rtol=0, atol=atol)
@@ -176,3 +188,44 @@ def test_the_transposed_kernel_relays_the_weight_once_and_keeps_ties_and_outputs
     torch.testing.assert_close(one[0, -1], before[0, 0], rtol=0, atol=1e-5)
     K.install(model.lm_head, "linear")
     assert model.lm_head.weight.is_contiguous() and torch.equal(model.lm_head.weight, values)
+
+
+def test_the_candidates_are_what_the_build_can_run():
+    assert K.candidates(torch.device("cuda"), torch.float32) == ["linear"]
+    assert K.candidates(CPU, torch.float16)[:4] == ["linear", "mv", "split", "t"]
+    assert "packed" not in K.candidates(CPU, torch.float16)  # oneDNN packs float32 and bf16 only
+    assert (
+        ("packed" in K.candidates(CPU, torch.float32))
+        == packable(torch.float32)
+        == torch.backends.mkldnn.is_available()
+    )
+
+
+@pytest.mark.skipif(not packable(torch.float32), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
+def test_the_packed_kernel_keeps_outputs_ties_and_the_state_dict(tiny_cfg, cache, monkeypatch, dtype, atol):
+    if not packable(dtype):
+        pytest.skip(f"this build cannot pack {dtype}")
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg).eval().to(dtype)
+    for m in model.modules():  # biases that are not zero, so a kernel that dropped them would show
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.normal_(m.bias)
+    x = torch.randint(0, tiny_cfg.vocab_size, (1, 5))
+    before, _ = model(x)
+    keys = set(model.state_dict())
+    fake_timings(monkeypatch, set(), [], packed_wins=set(K.linears(model)))
+    choices = K.choose(model)
+    assert {c.kernel for c in choices.values()} == {"packed"} and K.summary(
+        choices
+    ) == f"packed {len(choices)}/{len(choices)}"
+    assert type(model.lm_head) is PackedLinear and model.transformer.wte.weight is model.lm_head.weight  # still tied
+    assert set(model.state_dict()) == keys  # the packed copy is no parameter, buffer or state-dict entry
+    after, _ = model(x)  # prefill rows go through F.linear on the weight itself
+    torch.testing.assert_close(after.float(), before.float(), rtol=0, atol=atol)
+    one, _ = model(x[:, :1])  # a single row: every layer through its packed weight
+    torch.testing.assert_close(one[0, -1].float(), before[0, 0].float(), rtol=0, atol=atol)
+    for m in model.modules():
+        if type(m) is PackedLinear:
+            h = torch.randn(1, 1, m.in_features, dtype=dtype)
+            torch.testing.assert_close(m(h).float(), F.linear(h, m.weight, m.bias).float(), rtol=0, atol=atol)
